@@ -1,0 +1,99 @@
+"""trainyard settings; precedence is argument > env > airflow.cfg [trainyard] > default."""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+from pathlib import Path
+
+from trainyard.errors import ConfigError
+
+RUNNERS = ("local", "kubernetes")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Resolved settings. Field names match env vars (`TRAINYARD_<NAME>`) and airflow.cfg keys."""
+
+    runner: str = "local"
+    store: str = "file://~/.trainyard/store"
+    # Airflow connection holding S3 credentials (aws type); used by operators, never passed as params.
+    store_conn_id: str = "trainyard_store"
+    # Kubernetes Secret whose keys become the step container's AWS_* env vars.
+    store_secret: str = "trainyard-store"
+    namespace: str = "default"
+    step_image: str = "trainyard/steps:latest"
+    registry: str = "registry.local:5000"
+    kaniko_image: str = "gcr.io/kaniko-project/executor:v1.23.2"
+    gpu_node_selector: str = "nvidia.com/gpu.present=true"
+    gpu_toleration: str = "nvidia.com/gpu"
+    venv_cache: str = "~/.cache/trainyard/venvs"
+    default_cpu: str = "1"
+    default_memory: str = "2Gi"
+    max_cpu: str = "64"
+    max_memory: str = "512Gi"
+    max_gpu: str = "8"
+    allow_cpu_fallback: str = "false"
+
+    @property
+    def store_is_local(self) -> bool:
+        return self.store.startswith("file://") or "://" not in self.store
+
+    def flag(self, name: str) -> bool:
+        return str(getattr(self, name)).strip().lower() in ("1", "true", "yes", "on")
+
+    def validate(self) -> "Settings":
+        if self.runner not in RUNNERS:
+            raise ConfigError(
+                f"unknown runner {self.runner!r}; set TRAINYARD_RUNNER or [trainyard] runner to one of {', '.join(RUNNERS)}"
+            )
+        if not (self.store.startswith(("file://", "s3://")) or "://" not in self.store):
+            raise ConfigError(
+                f"unsupported store URI {self.store!r}; use file:///path or s3://bucket/prefix"
+            )
+        if self.runner == "kubernetes" and self.store_is_local:
+            raise ConfigError(
+                f"runner 'kubernetes' cannot use the local store {self.store!r}: pods do not share this "
+                "machine's disk. Set TRAINYARD_STORE (or [trainyard] store) to an s3:// URI, or use runner 'local'."
+            )
+        return self
+
+
+def airflow_cfg_path() -> Path | None:
+    """Find airflow.cfg the way Airflow does, without importing Airflow."""
+    if os.environ.get("AIRFLOW_CONFIG"):
+        return Path(os.path.expandvars(os.environ["AIRFLOW_CONFIG"])).expanduser()
+    home = os.environ.get("AIRFLOW_HOME", "~/airflow")
+    return Path(os.path.expandvars(home)).expanduser() / "airflow.cfg"
+
+
+def _airflow_cfg_section() -> dict[str, str]:
+    path = airflow_cfg_path()
+    if not path or not path.is_file():
+        return {}
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path)
+    if not parser.has_section("trainyard"):
+        return {}
+    return {k: os.path.expandvars(v) for k, v in parser.items("trainyard")}
+
+
+def load(**overrides: str | None) -> Settings:
+    """Resolve settings: keyword argument > TRAINYARD_<NAME> / AIRFLOW__TRAINYARD__<NAME> env > airflow.cfg > default."""
+    cfg = _airflow_cfg_section()
+    values = {}
+    for field in dataclasses.fields(Settings):
+        name = field.name
+        if overrides.get(name) is not None:
+            values[name] = str(overrides[name])
+        elif os.environ.get(f"TRAINYARD_{name.upper()}"):
+            values[name] = os.environ[f"TRAINYARD_{name.upper()}"]
+        elif os.environ.get(f"AIRFLOW__TRAINYARD__{name.upper()}"):
+            values[name] = os.environ[f"AIRFLOW__TRAINYARD__{name.upper()}"]
+        elif name in cfg:
+            values[name] = cfg[name]
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(Settings)}
+    if unknown:
+        raise ConfigError(f"unknown trainyard setting(s): {', '.join(sorted(unknown))}")
+    return Settings(**values)

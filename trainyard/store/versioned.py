@@ -1,0 +1,358 @@
+"""Content-addressed blobs, immutable commits, atomically moved branches and short ids over any backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from trainyard.errors import AmbiguousId, ConflictError, CorruptBlob, NotFound, TrainyardError
+from trainyard.store.backend import Backend, PreconditionFailed
+
+REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+HEX = re.compile(r"^[0-9a-f]+$")
+SHORT_ID_MIN = 5
+SHORT_ID_LEN = 5
+_CHUNK = 1 << 20
+
+Manifest = dict[str, dict[str, Any]]
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Serialise deterministically so equal content always hashes equally."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path, progress=None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return digest.hexdigest()
+
+
+def manifest_id(manifest: Manifest) -> str:
+    """A commit id is the hash of its manifest only, so identical content gives an identical id."""
+    body = {path: {"sha256": entry["sha256"], "size": entry["size"]} for path, entry in manifest.items()}
+    return sha256_bytes(canonical_json(body))
+
+
+def check_repo_name(repo: str) -> str:
+    if not REPO_NAME.match(repo or ""):
+        raise TrainyardError(
+            f"invalid repo name {repo!r}: use lowercase letters, digits, '.', '_' or '-' (at most 63 characters)"
+        )
+    return repo
+
+
+def progress_bars_enabled(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+class _Bar:
+    """A tqdm bar on a terminal, nothing otherwise; safe to update from worker threads."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, position: int = 0) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                             position=position, leave=True, file=sys.stderr)
+        self._lock = threading.Lock()
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            with self._lock:
+                self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Commit:
+    """An immutable snapshot of a repo: its manifest plus who, when, why and what came before."""
+
+    repo: str
+    id: str
+    manifest: Manifest
+    parent: str | None
+    author: str
+    time: float
+    message: str
+
+    @property
+    def short(self) -> str:
+        return self.id[:SHORT_ID_LEN]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repo}:{self.short}"
+
+    @property
+    def size(self) -> int:
+        return sum(entry["size"] for entry in self.manifest.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class UploadReport:
+    """What an upload did: the manifest plus how many blobs and bytes were actually sent."""
+
+    manifest: Manifest
+    blobs_uploaded: int = 0
+    bytes_uploaded: int = 0
+    blobs_skipped: int = 0
+
+
+class Store:
+    """The versioned store used by the CLI, the operators and every step."""
+
+    def __init__(self, backend: Backend, *, concurrency: int = 8) -> None:
+        self.backend = backend
+        self.concurrency = concurrency
+
+    @property
+    def uri(self) -> str:
+        return self.backend.uri
+
+    # -- blobs -------------------------------------------------------------------------------------
+    @staticmethod
+    def blob_key(sha: str) -> str:
+        return f"blobs/sha256/{sha[:2]}/{sha}"
+
+    def has_blob(self, sha: str) -> bool:
+        return self.backend.exists(self.blob_key(sha))
+
+    def put_blob_bytes(self, data: bytes) -> str:
+        sha = sha256_bytes(data)
+        if not self.has_blob(sha):
+            try:
+                self.backend.write(self.blob_key(sha), data, if_absent=True)
+            except PreconditionFailed:
+                pass  # a concurrent writer stored the same content
+        return sha
+
+    def get_blob_bytes(self, sha: str) -> bytes:
+        try:
+            data = self.backend.read(self.blob_key(sha))
+        except KeyError:
+            raise NotFound(f"blob {sha} is missing from the store {self.uri}") from None
+        if sha256_bytes(data) != sha:
+            raise CorruptBlob(f"blob {sha} in {self.uri} is corrupt (sha256 mismatch); re-upload the bundle that holds it")
+        return data
+
+    def fetch_blob(self, sha: str, dest: Path, progress=None) -> None:
+        """Download a blob to dest, verifying its sha256 before it becomes visible at dest."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            try:
+                self.backend.download_file(self.blob_key(sha), tmp, progress)
+            except KeyError:
+                raise NotFound(f"blob {sha} is missing from the store {self.uri}") from None
+            if sha256_file(tmp) != sha:
+                raise CorruptBlob(
+                    f"blob {sha} in {self.uri} is corrupt (sha256 mismatch); re-upload the bundle that holds it"
+                )
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def upload_files(self, files: Mapping[str, Path], *, quiet: bool = True, desc: str = "") -> UploadReport:
+        """Hash and upload files (relative path -> local path); blobs already stored cost one HEAD and no bytes."""
+        total = sum(p.stat().st_size for p in files.values())
+        bars = progress_bars_enabled(quiet)
+        hashing = _Bar(total, f"hashing {desc}".strip(), bars, 0)
+        uploading = _Bar(total, f"uploading {desc}".strip(), bars, 1)
+        report = UploadReport(manifest={})
+        lock = threading.Lock()
+        claimed: set[str] = set()
+
+        def one(item: tuple[str, Path]) -> None:
+            rel, path = item
+            size = path.stat().st_size
+            sha = sha256_file(path, hashing.update)
+            with lock:
+                report.manifest[rel] = {"sha256": sha, "size": size}
+                first = sha not in claimed
+                claimed.add(sha)
+            if first and not self.has_blob(sha):
+                self.backend.upload_file(self.blob_key(sha), path, uploading.update)
+                with lock:
+                    report.blobs_uploaded += 1
+                    report.bytes_uploaded += size
+            else:
+                uploading.update(size)
+                with lock:
+                    report.blobs_skipped += 1
+
+        try:
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                # Biggest first keeps the threads busy until the end.
+                ordered = sorted(files.items(), key=lambda kv: -kv[1].stat().st_size)
+                list(pool.map(one, ordered))
+        finally:
+            hashing.close()
+            uploading.close()
+        report.manifest = dict(sorted(report.manifest.items()))
+        return report
+
+    def materialize(self, manifest: Manifest, dest: Path, *, quiet: bool = True) -> None:
+        """Download every file of a manifest under dest, refusing paths that would escape it."""
+        dest = dest.resolve()
+        targets = {}
+        for rel in manifest:
+            target = (dest / rel).resolve()
+            if dest not in target.parents:
+                raise TrainyardError(f"manifest path {rel!r} escapes the destination directory")
+            targets[rel] = target
+        bar = _Bar(sum(e["size"] for e in manifest.values()), "downloading", progress_bars_enabled(quiet))
+        try:
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                list(pool.map(lambda rel: self.fetch_blob(manifest[rel]["sha256"], targets[rel], bar.update),
+                              manifest))
+        finally:
+            bar.close()
+
+    # -- JSON documents ------------------------------------------------------------------------------
+    def put_json(self, key: str, obj: Any, *, create_only: bool = False) -> bool:
+        """Write a JSON document; with create_only an existing document is kept and False is returned."""
+        try:
+            self.backend.write(key, canonical_json(obj), if_absent=create_only)
+            return True
+        except PreconditionFailed:
+            return False
+
+    def get_json(self, key: str) -> Any:
+        try:
+            return json.loads(self.backend.read(key))
+        except KeyError:
+            raise NotFound(f"{key} not found in the store {self.uri}") from None
+
+    def exists(self, key: str) -> bool:
+        return self.backend.exists(key)
+
+    # -- repos and commits -------------------------------------------------------------------------
+    @staticmethod
+    def _commit_key(repo: str, commit_id: str) -> str:
+        return f"repos/{repo}/commits/{commit_id}.json"
+
+    @staticmethod
+    def _branch_key(repo: str, branch: str) -> str:
+        return f"repos/{repo}/branches/{branch}.json"
+
+    def repos(self) -> list[str]:
+        names = {key.split("/")[1] for key in self.backend.list("repos/") if key.endswith(".json")}
+        return sorted(names)
+
+    def branch_head(self, repo: str, branch: str = "latest") -> str | None:
+        got = self.backend.read_versioned(self._branch_key(repo, branch))
+        return json.loads(got[0])["head"] if got else None
+
+    def commit(self, repo: str, manifest: Manifest, *, message: str = "", author: str | None = None,
+               branch: str = "latest") -> tuple[Commit, bool]:
+        """Record a commit and move the branch to it; returns (commit, created). Blobs must already be stored."""
+        check_repo_name(repo)
+        if not manifest:
+            raise TrainyardError(f"refusing to commit an empty manifest to repo {repo!r}")
+        commit_id = manifest_id(manifest)
+        key = self._commit_key(repo, commit_id)
+        head = self.branch_head(repo, branch)
+        record = {
+            "repo": repo, "id": commit_id, "parent": head if head != commit_id else None,
+            "author": author or os.environ.get("TRAINYARD_AUTHOR") or getpass.getuser(),
+            "time": time.time(), "message": message,
+            "manifest": {p: {"sha256": e["sha256"], "size": e["size"]} for p, e in sorted(manifest.items())},
+        }
+        # The commit object is published before the branch moves, so a reader never sees a dangling head.
+        created = self.put_json(key, record, create_only=True)
+        self._move_branch(repo, branch, commit_id)
+        return self.get_commit(repo, commit_id), created
+
+    def _move_branch(self, repo: str, branch: str, commit_id: str, attempts: int = 50) -> None:
+        key = self._branch_key(repo, branch)
+        for attempt in range(attempts):
+            current = self.backend.read_versioned(key)
+            doc = json.loads(current[0]) if current else {"head": None, "log": []}
+            if doc["head"] == commit_id:
+                return
+            doc = {"head": commit_id, "log": [{"commit": commit_id, "time": time.time()}, *doc["log"]]}
+            try:
+                if current:
+                    self.backend.write(key, canonical_json(doc), if_version=current[1])
+                else:
+                    self.backend.write(key, canonical_json(doc), if_absent=True)
+                return
+            except PreconditionFailed:
+                time.sleep(min(0.01 * 2**attempt, 0.5))
+        raise ConflictError(f"branch {repo}:{branch} kept moving; {attempts} compare-and-swap attempts lost")
+
+    def get_commit(self, repo: str, commit_id: str) -> Commit:
+        try:
+            doc = json.loads(self.backend.read(self._commit_key(repo, commit_id)))
+        except KeyError:
+            raise NotFound(f"commit {commit_id} not found in repo {repo!r}") from None
+        return Commit(repo=doc["repo"], id=doc["id"], manifest=doc["manifest"], parent=doc["parent"],
+                      author=doc["author"], time=doc["time"], message=doc["message"])
+
+    def log(self, repo: str, branch: str = "latest") -> list[Commit]:
+        """Commits the branch has pointed at, newest first; concurrent commits all appear."""
+        got = self.backend.read_versioned(self._branch_key(repo, branch))
+        if not got:
+            raise NotFound(f"repo {repo!r} has no commits; deploy or put data into it first")
+        return [self.get_commit(repo, entry["commit"]) for entry in json.loads(got[0])["log"]]
+
+    def resolve(self, repo: str, ref: str = "latest") -> Commit:
+        """Resolve 'latest', a branch name, a full id or a unique short id (5+ hex) to a commit."""
+        check_repo_name(repo)
+        ref = (ref or "latest").strip().lower()
+        if not HEX.match(ref) or len(ref) < SHORT_ID_MIN:
+            head = self.branch_head(repo, ref)
+            if head:
+                return self.get_commit(repo, head)
+            if HEX.match(ref):
+                raise NotFound(f"short id {ref!r} is too short: give at least {SHORT_ID_MIN} hex characters")
+            raise NotFound(
+                f"repo {repo!r} has no branch {ref!r}; known repos: {', '.join(self.repos()) or 'none'}"
+            )
+        prefix = f"repos/{repo}/commits/{ref}"
+        matches = sorted({k.rsplit("/", 1)[1].removesuffix(".json") for k in self.backend.list(prefix)})
+        if not matches:
+            raise NotFound(f"no commit in repo {repo!r} starts with {ref!r}; list commits with `trainyard data log {repo}`")
+        if len(matches) > 1:
+            raise AmbiguousId(
+                f"short id {ref!r} is ambiguous in repo {repo!r}; candidates: {', '.join(m[:12] for m in matches)}"
+                " — give more characters"
+            )
+        return self.get_commit(repo, matches[0])
+
+
+def parse_ref(text: str) -> tuple[str, str]:
+    """Split 'repo:ref' (or '/repo:ref', kaos style) into (repo, ref); ref defaults to 'latest'."""
+    text = text.strip().lstrip("/")
+    repo, _, ref = text.partition(":")
+    return repo, ref or "latest"
