@@ -1,0 +1,1 @@
+"""Step entrypoints: each subpackage is one step image, run as `python -m training_images.<step>`."""

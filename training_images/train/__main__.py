@@ -1,0 +1,148 @@
+"""Train step: materialize source and data commits, run the bundle's training code, upload the model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+from trainyard import contract
+from trainyard.store import parse_ref
+from trainyard.store.versioned import Commit
+from training_images.environments import READY_MARKER, venv_dir
+
+# Env vars the user's code never needs; keeping store credentials out of its reach keeps them out of its logs.
+_PRIVATE_ENV_PREFIXES = ("AWS_", "TRAINYARD_STORE", "AIRFLOW_CONN_", "AIRFLOW__")
+_AICENTER_RUNNER = """
+import importlib.util, inspect, os, sys
+spec = importlib.util.spec_from_file_location("train", os.path.join(os.getcwd(), "train.py"))
+module = importlib.util.module_from_spec(spec); sys.path.insert(0, os.getcwd()); spec.loader.exec_module(module)
+main = module.Main()
+main.train(os.environ["TRAINYARD_DATA_DIR"])
+main.save()
+"""
+
+
+def _params(source_dir: Path, hyper: dict) -> dict:
+    merged: dict = {}
+    for name in ("params.json", "model/params.json"):
+        if (source_dir / name).is_file():
+            merged.update(json.loads((source_dir / name).read_text()))
+    merged.update(hyper)
+    return merged
+
+
+def _train_command(source_dir: Path, out_dir: Path) -> tuple[list[str], Path]:
+    script = source_dir / "model" / "train"
+    if script.is_file():
+        script.chmod(0o755)  # manifests carry content only; the contract makes model/train executable
+        return [str(script), str(out_dir)], source_dir / "model"
+    return ["python", "-c", _AICENTER_RUNNER], source_dir
+
+
+def _user_env(work: Path, source_dir: Path, data_dir: Path, out_dir: Path, params_file: Path,
+              hyper_file: Path, model_id: str, env_bin: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
+    if env_bin is not None:
+        env["PATH"] = f"{env_bin}{os.pathsep}{env.get('PATH', '')}"
+        env["VIRTUAL_ENV"] = str(env_bin.parent)
+    env.update({
+        contract.DATA_DIR_ENV: str(data_dir),
+        contract.PARAMS_ENV: str(params_file),
+        contract.HYPERPARAMS_ENV: str(hyper_file),
+        contract.SOURCE_DIR_ENV: str(source_dir),
+        contract.ARTIFACTS_ENV: str(out_dir / "artifacts"),
+        contract.MODEL_ID_ENV: model_id,
+        "PYTHONUNBUFFERED": "1",
+        "HOME": env.get("HOME", str(work)),
+    })
+    return env
+
+
+def _run_streaming(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> tuple[int, list[str]]:
+    tail: deque[str] = deque(maxlen=20)
+    with open(log_path, "w") as log, subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            log.write(line)
+            tail.append(line.rstrip())
+    return proc.returncode, list(tail)
+
+
+def _resolve_env_bin(commit: Commit, store, cache: str) -> Path | None:
+    entry = commit.manifest.get("requirements.txt")
+    req = store.get_blob_bytes(entry["sha256"]) if entry else None
+    target = venv_dir(cache, contract.requirements_sha(req))
+    return target / "bin" if (target / READY_MARKER).exists() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="training_images.train")
+    parser.add_argument("--source", required=True, help="source commit as repo:id")
+    parser.add_argument("--data", required=True, help="data commit as repo:id")
+    parser.add_argument("--params", default="{}", help="hyperparameters as a JSON object")
+    parser.add_argument("--venv-cache", default=os.environ.get("TRAINYARD_VENV_CACHE", "~/.cache/trainyard/venvs"))
+    parser.add_argument("--workdir", default=os.environ.get("TRAINYARD_WORKDIR"))
+    args = parser.parse_args(argv)
+
+    hyper = json.loads(args.params)
+    if not isinstance(hyper, dict):
+        raise SystemExit(f"--params must be a JSON object of hyperparameters, got {args.params!r}")
+    store = contract.store_from_env()
+    source = store.resolve(*parse_ref(args.source))
+    data = store.resolve(*parse_ref(args.data))
+
+    with tempfile.TemporaryDirectory(prefix="trainyard-train-", dir=args.workdir) as tmp:
+        work = Path(tmp)
+        source_dir, data_dir, out_dir, hyper_dir = (work / n for n in ("src", "data", "out", "hyper"))
+        store.materialize(source.manifest, source_dir)
+        store.materialize(data.manifest, data_dir)
+        for sub in ("model", "metrics", "artifacts"):
+            (out_dir / sub).mkdir(parents=True)
+        hyper_dir.mkdir()
+        params = _params(source_dir, hyper)
+        params_file, hyper_file = hyper_dir / "params.json", hyper_dir / "hyperparams.json"
+        params_file.write_text(json.dumps(params, indent=2, sort_keys=True))
+        hyper_file.write_text(json.dumps(hyper, indent=2, sort_keys=True))
+        mid = contract.model_id(source.id, data.id, params)
+
+        cmd, cwd = _train_command(source_dir, out_dir)
+        env_bin = _resolve_env_bin(source, store, args.venv_cache)
+        env = _user_env(work, source_dir, data_dir, out_dir, params_file, hyper_file, mid, env_bin)
+        print(f"training model {mid}: source {source.ref} data {data.ref} params {json.dumps(params, sort_keys=True)}",
+              flush=True)
+        log_path = work / "train.log"
+        started = time.time()
+        code, tail = _run_streaming(cmd, cwd, env, log_path)
+        duration = time.time() - started
+        log_sha = store.put_blob_bytes(log_path.read_bytes())
+        if code != 0:
+            print(f"training failed with exit code {code}; last lines:\n" + "\n".join(tail), file=sys.stderr)
+            return code or 1
+        metrics = contract.read_metrics(out_dir / "metrics" / "metrics.json")
+        outputs = {p.relative_to(out_dir).as_posix(): p for p in sorted(out_dir.rglob("*")) if p.is_file()}
+        if not any(rel.startswith("model/") for rel in outputs):
+            print(f"warning: training wrote nothing under {out_dir / 'model'}", flush=True)
+        report = store.upload_files(outputs)
+        outputs_sha = store.put_blob_bytes(json.dumps(report.manifest, sort_keys=True).encode())
+
+    print(f"metrics: {json.dumps(metrics, sort_keys=True)}", flush=True)
+    contract.write_result({
+        "model_id": mid, "source": source.ref, "source_id": source.id, "data": data.ref, "data_id": data.id,
+        "params": params, "params_hash": contract.params_hash(params), "metrics": metrics,
+        "outputs": outputs_sha, "log": log_sha, "train_seconds": round(duration, 3),
+        "env": f"venv:{env_bin.parent.name}" if env_bin else "image",
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
