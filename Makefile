@@ -1,0 +1,36 @@
+# trainyard: `make demo` trains the mnist template end to end; `make test` runs the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+export TRAINYARD_HOME := $(CURDIR)
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW_CONFIG ?= $(CURDIR)/airflow.cfg
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed $(AIRFLOW_HOME)/airflow.db
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+$(AIRFLOW_HOME)/airflow.db: $(VENV)/.installed
+	mkdir -p $(AIRFLOW_HOME)
+	airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (cat $(AIRFLOW_HOME)/db-migrate.log; exit 1)
+
+demo: setup
+	bash scripts/demo.sh
+
+test: $(VENV)/.installed
+	bash scripts/test.sh
+
+bench: setup
+	$(PY) bench/upload
+	$(PY) bench/pipeline
+
+clean:
+	rm -rf $(AIRFLOW_HOME) .pytest_cache

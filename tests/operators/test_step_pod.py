@@ -1,0 +1,108 @@
+"""Rendered pod specs: resources, GPU scheduling, labels, secrets and argv, for both runners' shared pod."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pendulum
+import pytest
+from airflow.sdk import DAG
+
+from operators import KanikoBuildOperator, TrainyardStepOperator
+from operators.step import StepConfigError
+
+HOSTILE = '{"C": 1, "note": "x; rm -rf / $(reboot) `id`"}'
+
+
+@pytest.fixture
+def k8s_env(monkeypatch):
+    monkeypatch.setenv("TRAINYARD_RUNNER", "kubernetes")
+    monkeypatch.setenv("TRAINYARD_STORE", "s3://models-bucket/trainyard")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-secret-must-not-appear")
+
+
+def _context(task, run_id="manual__2026-11-22T10:00:00+00:00", map_index=-1):
+    ti = SimpleNamespace(dag_id=task.dag_id, task_id=task.task_id, map_index=map_index, try_number=1)
+    return {"ti": ti, "run_id": run_id, "dag": task.dag}
+
+
+def _train_task(**kwargs):
+    with DAG("pods", start_date=pendulum.datetime(2026, 1, 1), schedule=None):
+        return TrainyardStepOperator(task_id="train", step="train",
+                                     arguments=["--source", "mnist:abc", "--params", HOSTILE], **kwargs)
+
+
+def test_gpu_training_pod(k8s_env):
+    task = _train_task(cpu="4", memory="16Gi", gpu=2)
+    pod = task.build_pod_request_obj(_context(task, map_index=3), dry_run=True)
+    base = pod.spec.containers[0]
+    assert base.resources.requests == {"cpu": "4", "memory": "16Gi"}
+    assert base.resources.limits == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}
+    assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+    labels = pod.metadata.labels
+    assert labels["trainyard.io/step"] == "train"
+    assert labels["map_index"] == "3"
+    assert "manual__2026-11-22T10" in labels["run_id"]
+    # the xcom sidecar reads the step's result and must not hold a GPU
+    sidecar = next(c for c in pod.spec.containers if c.name == "airflow-xcom-sidecar")
+    assert "nvidia.com/gpu" not in ((sidecar.resources.limits if sidecar.resources else None) or {})
+
+
+def test_conf_values_are_separate_argv_items_never_a_shell_string(k8s_env):
+    task = _train_task()
+    container = task.build_pod_request_obj(_context(task), dry_run=True).spec.containers[0]
+    assert container.command == ["python", "-m", "training_images.train"]
+    assert container.args == ["--source", "mnist:abc", "--params", HOSTILE]
+    assert not any(c in ("sh", "bash", "/bin/sh", "-c") for c in container.command)
+
+
+def test_store_credentials_come_from_a_secret_never_plain_env(k8s_env):
+    task = _train_task()
+    pod = task.build_pod_request_obj(_context(task), dry_run=True)
+    container = pod.spec.containers[0]
+    values = {e.name: e.value for e in container.env}
+    assert values["TRAINYARD_STORE"] == "s3://models-bucket/trainyard"
+    assert "AWS_SECRET_ACCESS_KEY" not in values and "AWS_ACCESS_KEY_ID" not in values
+    assert "planted-secret-must-not-appear" not in str(pod.to_dict())
+    assert [e.secret_ref.name for e in container.env_from if e.secret_ref] == ["trainyard-store"]
+
+
+def test_cpu_only_pod_has_no_gpu_scheduling(k8s_env):
+    task = _train_task(cpu="500m", memory="512Mi")
+    pod = task.build_pod_request_obj(_context(task), dry_run=True)
+    assert pod.spec.containers[0].resources.limits == {"cpu": "500m", "memory": "512Mi"}
+    assert not pod.spec.node_selector and not pod.spec.tolerations
+
+
+def test_bad_memory_is_rejected_after_templating(k8s_env):
+    task = _train_task(memory="2GB")
+    with pytest.raises(Exception, match="invalid memory '2GB'.*2Gi"):
+        task.build_pod_request_obj(_context(task), dry_run=True)
+
+
+def test_kubernetes_runner_with_file_store_fails_at_parse_time(monkeypatch):
+    monkeypatch.setenv("TRAINYARD_RUNNER", "kubernetes")
+    monkeypatch.setenv("TRAINYARD_STORE", "file:///tmp/store")
+    with pytest.raises(StepConfigError, match="'train'.*cannot use the local store"):
+        _train_task()
+
+
+def test_kaniko_build_pod_builds_the_bundle_dockerfile_and_pushes_the_source_tag(k8s_env):
+    with DAG("builds", start_date=pendulum.datetime(2026, 1, 1), schedule=None):
+        task = KanikoBuildOperator(task_id="build", source="mnist:325ad5966d9d",
+                                   destination="registry.local:5000/mnist:325ad5966d9d")
+    task.render_template_fields({"task": task, "params": {}, "ti": None})
+    pod = task.build_pod_request_obj(_context(task), dry_run=True)
+    kaniko = pod.spec.containers[0]
+    assert kaniko.image.startswith("gcr.io/kaniko-project/executor")
+    assert "--destination=registry.local:5000/mnist:325ad5966d9d" in kaniko.args
+    assert "--dockerfile=/workspace/Dockerfile" in kaniko.args
+    fetch = pod.spec.init_containers[0]
+    assert fetch.command == ["python", "-m", "training_images.fetch"]
+    assert fetch.args[:2] == ["--source", "mnist:325ad5966d9d"]
+    assert [e.secret_ref.name for e in fetch.env_from] == ["trainyard-store"]
+    volumes = {v.name: v for v in pod.spec.volumes}
+    assert volumes["docker-config"].secret.secret_name == "trainyard-registry"
+    assert volumes["workspace"].empty_dir is not None
+    assert pod.metadata.labels["trainyard.io/step"] == "build"
