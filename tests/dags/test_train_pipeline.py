@@ -52,13 +52,14 @@ def test_mnist_trains_end_to_end_on_the_file_store(airflow_db, tmp_path):
     assert (model.predict(test[:, 1:] / 16.0) == test[:, 0]).mean() >= 0.9
 
 
-def test_mnist_trains_end_to_end_on_s3(airflow_db, s3_bucket, capsys):
+def test_mnist_trains_end_to_end_on_s3(airflow_db, s3_bucket, capsys, monkeypatch):
     from operators.inprocess import run_pipeline
 
     uri = f"s3://{s3_bucket}/team-a"
-    assert main(["--store", uri, "deploy", "-s", SRC, "-d", DATA, "--upload-only", "--json"]) == 0
+    monkeypatch.setenv("TRAINYARD_STORE", uri)  # with AWS_ENDPOINT_URL at the moto server (s3_env fixture)
+    assert main(["deploy", "-s", SRC, "-d", DATA, "--upload-only", "--json"]) == 0
     capsys.readouterr()
-    result = run_pipeline("train_pipeline", {"source": "mnist", "data": "features"}, store_uri=uri)
+    result = run_pipeline("train_pipeline", {"source": "mnist", "data": "features"})
     assert result["state"] == "success"
     keys = [o["Key"] for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
             for o in page.get("Contents", [])]
@@ -69,3 +70,6 @@ def test_mnist_trains_end_to_end_on_s3(airflow_db, s3_bucket, capsys):
     assert sum(k.startswith("team-a/blobs/sha256/") for k in keys) >= 7
     record = open_store(uri).get_json(f"models/{src_data}/{params}.json")
     assert record["metrics"]["accuracy_test"] >= 0.9
+    # nothing fell back to the embedded default store that airflow.cfg names
+    default_store = open_store(f"file://{os.environ['AIRFLOW_HOME']}/store")
+    assert not default_store.exists(f"models/{src_data}/{params}.json")

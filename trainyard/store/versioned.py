@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -74,8 +75,10 @@ class _Bar:
         if enabled:
             from tqdm import tqdm
 
+            # Some terminals (and ptys) report a width of 0; fall back to a sane width rather than draw nothing.
+            width = shutil.get_terminal_size((100, 24)).columns or 100
             self._bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                             position=position, leave=True, file=sys.stderr)
+                             position=position, leave=True, file=sys.stderr, ncols=min(width, 120))
         self._lock = threading.Lock()
 
     def update(self, n: int) -> None:
