@@ -129,7 +129,7 @@ class DataBundle:
 def deploy_bundle(store: Store, bundle: SourceBundle | DataBundle, *, message: str = "", quiet: bool = True,
                   repo: str | None = None) -> tuple[Commit, bool, UploadReport]:
     """Upload a validated bundle's blobs, then commit its manifest; returns (commit, created, report)."""
-    report = store.upload_files(bundle.files, quiet=quiet, desc=bundle.name)
+    report = store.upload_files(bundle.files, quiet=quiet, desc=bundle.name, repo=repo or bundle.name)
     commit, created = store.commit(repo or bundle.name, report.manifest,
                                    message=message or f"deploy {bundle.root}")
     return commit, created, report
