@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
@@ -41,3 +43,28 @@ def test_kubernetes_runner_with_file_store_is_an_import_error(monkeypatch):
     bag = DagBag(dag_folder=str(REPO / "dags" / "train_pipeline.py"))
     (error,) = bag.import_errors.values()
     assert "cannot use the local store" in error and "s3://" in error
+
+
+def test_kubernetes_runner_builds_with_kaniko_and_trains_in_the_built_image(monkeypatch):
+    monkeypatch.setenv("TRAINYARD_RUNNER", "kubernetes")
+    monkeypatch.setenv("TRAINYARD_STORE", "s3://models/trainyard")
+    bag = DagBag(dag_folder=str(REPO / "dags" / "train_pipeline.py"))
+    assert bag.import_errors == {}
+    dag = bag.dags["train_pipeline"]
+    build, train = dag.get_task("build"), dag.get_task("train")
+    assert type(build).__name__ == "KanikoBuildOperator"
+    assert build.destination == "{{ ti.xcom_pull(task_ids='resolve')['image'] }}"
+    assert train.image == "{{ ti.xcom_pull(task_ids='resolve')['image'] }}"
+    assert train.cmds == ["python3", "-m", "training_images.train"]
+    assert train.arguments[train.arguments.index("--params") + 1] == "{{ params.hyperparams | tojson }}"
+
+
+@pytest.mark.parametrize(("conf", "field"), [({"memory": "2GB"}, "memory"), ({"source_ref": "x y"}, "source_ref"),
+                                             ({"gpu": -1}, "gpu"), ({"hyperparams": [1, 2]}, "hyperparams")])
+def test_bad_conf_is_rejected_by_the_param_schema(dagbag, conf, field):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(dagbag.dags["train_pipeline"].params)
+    with pytest.raises(ParamValidationError, match=field):
+        params.update(conf)  # what a trigger with conf does before any task runs
+        params.validate()

@@ -1,0 +1,1 @@
+"""The build step (run as `python -m training_images.build`)."""

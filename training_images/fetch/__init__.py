@@ -1,0 +1,1 @@
+"""The fetch step (run as `python -m training_images.fetch`)."""

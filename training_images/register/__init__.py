@@ -1,0 +1,1 @@
+"""The register step (run as `python -m training_images.register`)."""

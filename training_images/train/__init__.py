@@ -1,0 +1,1 @@
+"""The train step (run as `python -m training_images.train`)."""

@@ -142,3 +142,13 @@ def test_conditional_writes_are_enforced_by_the_backend(store):
     with pytest.raises(PreconditionFailed):
         store.backend.write("branches/demo.json", b"v3", if_version=version)
     assert store.backend.read("branches/demo.json") == b"v2"
+
+
+def test_materialize_refuses_paths_that_escape_the_destination(store, tmp_path):
+    from trainyard.errors import TrainyardError
+
+    sha = store.put_blob_bytes(b"payload")
+    for bad in ("../outside.txt", "/etc/cron.d/job", "a/../../outside.txt"):
+        with pytest.raises(TrainyardError, match="escapes the destination"):
+            store.materialize({bad: {"sha256": sha, "size": 7}}, tmp_path / "dest")
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "dest").exists()
