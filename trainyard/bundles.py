@@ -14,6 +14,8 @@ IGNORED_NAMES = {".git", "__pycache__", ".DS_Store", ".ipynb_checkpoints", ".ven
 IGNORED_SUFFIXES = (".pyc",)
 TRAIN_SCRIPT = "model/train"
 AICENTER_SCRIPT = "train.py"
+# Static parameters, merged in this order (later wins) before the run's hyperparameters.
+PARAMS_FILES = ("params.json", "model/params.json")
 
 
 def _check_link(root: Path, path: Path) -> None:
@@ -89,7 +91,7 @@ class SourceBundle:
                 f"source bundle {root} has no {TRAIN_SCRIPT} script; add an executable {root / TRAIN_SCRIPT} "
                 f"that takes the output dir as argv[1] (or a {AICENTER_SCRIPT} with class Main)"
             )
-        for name in ("params.json", "model/params.json"):
+        for name in PARAMS_FILES:
             if name in files:
                 try:
                     params = json.loads(files[name].read_text())

@@ -76,6 +76,13 @@ def store_from_env():
     return open_store(uri)
 
 
-def requirements_sha(requirements: bytes | None) -> str:
-    """Key of the environment a source bundle trains in: the hash of its requirements.txt."""
-    return sha256_bytes(requirements or b"")
+REQUIREMENTS_FILE = "requirements.txt"
+
+
+def requirements_sha(manifest: dict) -> str:
+    """Key of the environment a source commit trains in: the sha256 of its requirements.txt (of b"" if none).
+
+    The manifest already records that hash, so no download is needed to know which environment to use.
+    """
+    entry = manifest.get(REQUIREMENTS_FILE)
+    return entry["sha256"] if entry else sha256_bytes(b"")

@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from trainyard.contract import requirements_sha, store_from_env, write_result
+from trainyard import config
+from trainyard.contract import REQUIREMENTS_FILE, requirements_sha, store_from_env, write_result
 from trainyard.store import parse_ref
 from training_images.environments import ensure_venv
-
-REQUIREMENTS = "requirements.txt"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training_images.build")
     parser.add_argument("--source", required=True, help="source commit as repo:id")
-    parser.add_argument("--venv-cache", default=os.environ.get("TRAINYARD_VENV_CACHE", "~/.cache/trainyard/venvs"))
+    parser.add_argument("--venv-cache", default=config.load().venv_cache)
     args = parser.parse_args(argv)
 
     store = store_from_env()
     repo, ref = parse_ref(args.source)
     commit = store.resolve(repo, ref)
-    entry = commit.manifest.get(REQUIREMENTS)
+    entry = commit.manifest.get(REQUIREMENTS_FILE)
     requirements = store.get_blob_bytes(entry["sha256"]) if entry else None
-    req_sha = requirements_sha(requirements)
+    req_sha = requirements_sha(commit.manifest)
     target, reused = ensure_venv(args.venv_cache, req_sha, requirements, log=lambda m: print(m, flush=True))
     print(f"environment {'reused' if reused else 'built'}: {target}", flush=True)
     write_result({"env": f"venv:{req_sha[:16]}", "requirements_sha256": req_sha, "reused": reused,

@@ -12,7 +12,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from trainyard import contract
+from trainyard import config, contract
+from trainyard.bundles import PARAMS_FILES
 from trainyard.store import parse_ref
 from trainyard.store.versioned import Commit
 from training_images.environments import READY_MARKER, venv_dir
@@ -20,7 +21,7 @@ from training_images.environments import READY_MARKER, venv_dir
 # Env vars the user's code never needs; keeping store credentials out of its reach keeps them out of its logs.
 _PRIVATE_ENV_PREFIXES = ("AWS_", "TRAINYARD_STORE", "AIRFLOW_CONN_", "AIRFLOW__")
 _AICENTER_RUNNER = """
-import importlib.util, inspect, os, sys
+import importlib.util, os, sys
 spec = importlib.util.spec_from_file_location("train", os.path.join(os.getcwd(), "train.py"))
 module = importlib.util.module_from_spec(spec); sys.path.insert(0, os.getcwd()); spec.loader.exec_module(module)
 main = module.Main()
@@ -31,7 +32,7 @@ main.save()
 
 def _params(source_dir: Path, hyper: dict) -> dict:
     merged: dict = {}
-    for name in ("params.json", "model/params.json"):
+    for name in PARAMS_FILES:
         if (source_dir / name).is_file():
             merged.update(json.loads((source_dir / name).read_text()))
     merged.update(hyper)
@@ -77,10 +78,8 @@ def _run_streaming(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Pat
     return proc.returncode, list(tail)
 
 
-def _resolve_env_bin(commit: Commit, store, cache: str) -> Path | None:
-    entry = commit.manifest.get("requirements.txt")
-    req = store.get_blob_bytes(entry["sha256"]) if entry else None
-    target = venv_dir(cache, contract.requirements_sha(req))
+def _resolve_env_bin(commit: Commit, cache: str) -> Path | None:
+    target = venv_dir(cache, contract.requirements_sha(commit.manifest))
     return target / "bin" if (target / READY_MARKER).exists() else None
 
 
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", required=True, help="source commit as repo:id")
     parser.add_argument("--data", required=True, help="data commit as repo:id")
     parser.add_argument("--params", default="{}", help="hyperparameters as a JSON object")
-    parser.add_argument("--venv-cache", default=os.environ.get("TRAINYARD_VENV_CACHE", "~/.cache/trainyard/venvs"))
+    parser.add_argument("--venv-cache", default=config.load().venv_cache)
     parser.add_argument("--workdir", default=os.environ.get("TRAINYARD_WORKDIR"))
     args = parser.parse_args(argv)
 
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         mid = contract.model_id(source.id, data.id, params)
 
         cmd, cwd = _train_command(source_dir, out_dir)
-        env_bin = _resolve_env_bin(source, store, args.venv_cache)
+        env_bin = _resolve_env_bin(source, args.venv_cache)
         env = _user_env(work, source_dir, data_dir, out_dir, params_file, hyper_file, mid, env_bin)
         print(f"training model {mid}: source {source.ref} data {data.ref} params {json.dumps(params, sort_keys=True)}",
               flush=True)
