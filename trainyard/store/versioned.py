@@ -229,8 +229,7 @@ class Store:
                 report.manifest[rel] = {"sha256": sha, "size": size}
                 first = sha not in claimed
                 claimed.add(sha)
-            stored = sha in known or (not complete and self.has_blob(sha))
-            if first and not stored:
+            if first and not (sha in known or (not complete and self.has_blob(sha))):
                 self.backend.upload_file(self.blob_key(sha), path, uploading.update)
                 with lock:
                     report.blobs_uploaded += 1
