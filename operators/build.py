@@ -25,6 +25,8 @@ class KanikoBuildOperator(KubernetesPodOperator):
     """
 
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "source", "destination")
+    # KubernetesPodOperator does not template init containers; these are rendered in render_template_fields.
+    init_container_template_fields: Sequence[str] = ("args",)
 
     def __init__(self, *, source: str, destination: str, registry_secret: str = "trainyard-registry",
                  **kwargs) -> None:
@@ -37,7 +39,7 @@ class KanikoBuildOperator(KubernetesPodOperator):
             name="fetch-source",
             image=settings.step_image,
             command=["python", "-m", "training_images.fetch"],
-            args=["--source", "{{ task.source }}", "--dest", WORKSPACE, "--step-image", settings.step_image],
+            args=["--source", source, "--dest", WORKSPACE, "--step-image", settings.step_image],
             env=[k8s.V1EnvVar(name=contract.STORE_ENV, value=settings.store)],
             env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.store_secret))],
             volume_mounts=[workspace],
@@ -50,7 +52,7 @@ class KanikoBuildOperator(KubernetesPodOperator):
             image=settings.kaniko_image,
             cmds=["/kaniko/executor"],
             arguments=[f"--context=dir://{WORKSPACE}", f"--dockerfile={WORKSPACE}/Dockerfile",
-                       "--destination={{ task.destination }}", "--cache=true", "--skip-unused-stages"],
+                       f"--destination={destination}", "--cache=true", "--skip-unused-stages"],
             init_containers=[fetch],
             volumes=[k8s.V1Volume(name="workspace", empty_dir=k8s.V1EmptyDirVolumeSource()),
                      k8s.V1Volume(name="docker-config", secret=k8s.V1SecretVolumeSource(
@@ -64,11 +66,9 @@ class KanikoBuildOperator(KubernetesPodOperator):
 
     def render_template_fields(self, context, jinja_env=None) -> None:
         super().render_template_fields(context, jinja_env)
-        # Init containers are not template fields; fill in the rendered source commit here.
         for init in self.init_containers:
-            init.args = [self.source if arg == "{{ task.source }}" else arg for arg in init.args]
-        self.arguments = [f"--destination={self.destination}" if a.startswith("--destination=") else a
-                          for a in self.arguments]
+            for field in self.init_container_template_fields:
+                setattr(init, field, self.render_template(getattr(init, field), context, jinja_env))
 
 
 def build_step(*, source: str, image: str, **kwargs):
