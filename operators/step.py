@@ -175,7 +175,8 @@ class TrainyardStepOperator(KubernetesPodOperator):
             argv[0] = sys.executable
         with tempfile.TemporaryDirectory(prefix=f"trainyard-{self.step}-") as tmp:
             result_path = Path(tmp) / "return.json"
-            env = self._local_env(container, result_path, self.resource_request().gpu)
+            gpus = int((container.resources.limits or {}).get(GPU_RESOURCE, 0))
+            env = self._local_env(container, result_path, gpus)
             self.log.info("running step %s locally: %s", self.step, " ".join(argv[1:4]))
             tail: deque[str] = deque(maxlen=30)
             with subprocess.Popen(argv, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
