@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.sdk.exceptions import AirflowSkipException
 from kubernetes.client import models as k8s
 
 from operators.step import TrainyardStepOperator
@@ -22,17 +23,19 @@ class KanikoBuildOperator(KubernetesPodOperator):
 
     :param source: source commit as repo:id (templated)
     :param destination: image tag to push (templated), usually `<registry>/<name>:<src-hash>`
+    :param skip_reason: when it renders non-empty, the build is skipped with that reason (templated)
     """
 
-    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "source", "destination")
+    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "source", "destination", "skip_reason")
     # KubernetesPodOperator does not template init containers; these are rendered in render_template_fields.
     init_container_template_fields: Sequence[str] = ("args",)
 
     def __init__(self, *, source: str, destination: str, registry_secret: str = "trainyard-registry",
-                 **kwargs) -> None:
+                 skip_reason: str = "", **kwargs) -> None:
         settings = config.load().validate()
         self.source = source
         self.destination = destination
+        self.skip_reason = skip_reason
         workspace = k8s.V1VolumeMount(name="workspace", mount_path=WORKSPACE)
         docker_config = k8s.V1VolumeMount(name="docker-config", mount_path="/kaniko/.docker", read_only=True)
         fetch = k8s.V1Container(
@@ -63,6 +66,11 @@ class KanikoBuildOperator(KubernetesPodOperator):
             do_xcom_push=False,
             **kwargs,
         )
+
+    def execute(self, context):
+        if str(self.skip_reason or "").strip():
+            raise AirflowSkipException(str(self.skip_reason).strip())
+        return super().execute(context)
 
     def render_template_fields(self, context, jinja_env=None) -> None:
         super().render_template_fields(context, jinja_env)

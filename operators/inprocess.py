@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from trainyard import config
+from trainyard import config, runs
 from trainyard.errors import StepError
 from trainyard.store import open_store
 
@@ -39,26 +39,31 @@ def load_dag(dag_id: str):
     return bag.dags[dag_id]
 
 
-def run_pipeline(dag_id: str, conf: dict, *, quiet: bool = False, store_uri: str | None = None) -> dict:
-    """Run the DAG once with conf; return the run's state plus what the register step published."""
+def run_pipeline(dag_id: str, conf: dict, *, quiet: bool = False, store_uri: str | None = None,
+                 parse_settings: dict[str, str] | None = None) -> dict:
+    """Run the DAG once with conf; return the Airflow state and the run's `_results.json` (None if not written).
+
+    parse_settings are trainyard settings the DAG file reads when it is parsed (e.g. parallelism, which becomes
+    max_active_tis_per_dagrun); they are set as TRAINYARD_<NAME> for this run only.
+    """
     if quiet:
         os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     ensure_metadata_db()
-    previous = os.environ.get("TRAINYARD_STORE")
-    if store_uri:
-        # Operators read settings when the DAG is parsed; the caller's store argument must win over airflow.cfg.
-        os.environ["TRAINYARD_STORE"] = store_uri
+    # Operators read settings when the DAG is parsed; the caller's store argument must win over airflow.cfg.
+    overrides = {"TRAINYARD_STORE": store_uri} if store_uri else {}
+    overrides.update({f"TRAINYARD_{k.upper()}": str(v) for k, v in (parse_settings or {}).items() if v is not None})
+    previous = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
     try:
         dag = load_dag(dag_id)
         dag_run = dag.test(run_conf=conf)
     finally:
-        if previous is None:
-            os.environ.pop("TRAINYARD_STORE", None)
-        else:
-            os.environ["TRAINYARD_STORE"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     state = str(getattr(dag_run.state, "value", dag_run.state))
-    result = {"run_id": dag_run.run_id, "state": state}
-    if state == "success":
-        store = open_store(config.load(store=store_uri).store)
-        result.update(store.get_json(f"runs/{dag_id}/{dag_run.run_id}.json"))
-    return result
+    store = open_store(config.load(store=store_uri).store)
+    key = runs.results_key(dag_id, dag_run.run_id)
+    return {"run_id": dag_run.run_id, "state": state, "results": store.get_json(key) if store.exists(key) else None}

@@ -1,43 +1,143 @@
-"""ResolveInputsOperator: turn the run's source/data refs ('latest' or short ids) into full commit ids."""
+"""ResolveInputsOperator: pin a run to exact commits and plan its sweep: combinations, model ids, cache hits."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from functools import cached_property
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException
 
 from operators.hooks import StoreHook
-from trainyard import config
+from trainyard import config, contract, runs
+from trainyard.bundles import PARAMS_FILES
+from trainyard.errors import TrainyardError
+from trainyard.grids import combination_label, expand_grid
+from trainyard.metrics import parse_spec
+from trainyard.resources import Resources
+from trainyard.store.versioned import Commit, Store
+
+OPTIONS = ("hyperparams", "cpu", "memory", "gpu", "timeout", "metric", "no_cache", "major", "save_training_data")
+
+
+class PlanError(AirflowException):
+    """The run's inputs or options are invalid; nothing was trained or stored."""
+
+
+def conf_json(names: Sequence[str] = OPTIONS) -> str:
+    """A template that renders the named run params as one JSON object (so None and booleans survive)."""
+    return "{{ {" + ", ".join(f"'{n}': params.{n}" for n in names) + "} | tojson }}"
+
+
+def base_params(store: Store, source: Commit) -> dict:
+    """The source bundle's static params.json files, merged the way the train step merges them."""
+    merged: dict = {}
+    for name in PARAMS_FILES:
+        if name in source.manifest:
+            merged.update(json.loads(store.get_blob_bytes(source.manifest[name]["sha256"])))
+    return merged
 
 
 class ResolveInputsOperator(BaseOperator):
-    """Pin a run to exact commits so every later step sees the same inputs even if a branch moves."""
+    """
+    Pin the run's source and data refs to commit ids, expand the hyperparameter grid and plan what to train.
 
-    template_fields: Sequence[str] = ("source", "source_ref", "data", "data_ref")
+    Each combination's params are merged over the bundle's params.json and give a deterministic model id; a model
+    already registered is a cache hit and is not trained again (unless `no_cache`). Resources and the metric given
+    this time are remembered for the pipeline; those not given come from what it remembered, then from config.
+    The plan goes to the store (the register step reads it), its summary to the XCom `plan`, and the combinations
+    to train are the return value, which the train step maps over.
+
+    :param options: JSON object of the run's options (templated), see `OPTIONS`
+    """
+
+    template_fields: Sequence[str] = ("source", "source_ref", "data", "data_ref", "options")
 
     def __init__(self, *, source: str, data: str, source_ref: str = "latest", data_ref: str = "latest",
-                 store_uri: str | None = None, **kwargs) -> None:
+                 options: str = "{}", store_uri: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.source = source
         self.source_ref = source_ref
         self.data = data
         self.data_ref = data_ref
+        self.options = options
         self.store_uri = store_uri
 
     @cached_property
     def hook(self) -> StoreHook:
         return StoreHook(store_uri=self.store_uri)
 
+    def _options(self) -> dict:
+        try:
+            options = json.loads(self.options) if isinstance(self.options, str) else dict(self.options)
+        except ValueError as exc:
+            raise PlanError(f"run options are not valid JSON: {exc}") from None
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise PlanError(f"unknown run option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTIONS)}")
+        return options
+
     def execute(self, context) -> dict:
-        store = self.hook.get_conn()
-        source = store.resolve(self.source, self.source_ref)
-        data = store.resolve(self.data, self.data_ref)
+        started = time.time()
+        options = self._options()
         settings = config.load(store=self.store_uri)
+        store = self.hook.get_conn()
+        pipeline, run_id = context["dag"].dag_id, context["run_id"]
+        try:
+            combos = expand_grid(options.get("hyperparams") or {}, cap=settings.combination_cap)
+            if options.get("metric"):
+                parse_spec(options["metric"])
+            source = store.resolve(self.source, self.source_ref)
+            data = store.resolve(self.data, self.data_ref)
+            kept = runs.remembered_settings(store, pipeline, source.repo)
+            given = {k: options.get(k) for k in runs.REMEMBERED}
+            chosen = {k: given[k] if given[k] is not None else kept.get(k) for k in runs.REMEMBERED}
+            resources = Resources.parse(chosen["cpu"] or settings.default_cpu,
+                                        chosen["memory"] or settings.default_memory, chosen["gpu"] or 0,
+                                        max_cpu=settings.max_cpu, max_memory=settings.max_memory,
+                                        max_gpu=settings.max_gpu)
+            timeout = int(chosen["timeout"]) if chosen["timeout"] else None
+        except TrainyardError as exc:
+            raise PlanError(str(exc)) from None
         self.log.info("source %s (%s) data %s (%s)", source.ref, source.message, data.ref, data.message)
-        return {
-            "source": f"{source.repo}:{source.id}", "source_short": source.ref,
-            "data": f"{data.repo}:{data.id}", "data_short": data.ref,
-            "name": source.repo,
+        if any(v is not None for v in given.values()):
+            runs.remember_settings(store, pipeline, source.repo, given)
+        self.log.info("resources cpu=%s memory=%s gpu=%s timeout=%s (given now: %s; remembered: %s)",
+                      resources.cpu, resources.memory, resources.gpu, timeout,
+                      {k: v for k, v in given.items() if v is not None}, kept)
+
+        params = base_params(store, source)
+        planned, to_train, seen = [], [], set()
+        for index, hyper in enumerate(combos):
+            merged = {**params, **hyper}
+            mid = contract.model_id(source.id, data.id, merged)
+            label = combination_label(hyper)
+            cached = not options.get("no_cache") and store.exists(contract.model_key(mid))
+            planned.append({"index": index, "label": label, "hyper": hyper, "params": merged, "model_id": mid,
+                            "cached": cached})
+            if cached:
+                self.log.info("cache hit: model %s (%s) is already trained; not training it again", mid, label)
+            elif mid not in seen:
+                to_train.append({"label": label, "hyper": hyper, "model_id": mid})
+            seen.add(mid)
+        self.log.info("%s combination(s): %s to train, %s cached", len(planned), len(to_train),
+                      len(planned) - len(to_train))
+        plan = {
+            "pipeline": pipeline, "run_id": run_id, "start_time": started,
+            "source": f"{source.repo}:{source.id}", "data": f"{data.repo}:{data.id}", "name": source.repo,
             "image": f"{settings.registry}/{source.repo}:{source.id[:12]}",
+            "resources": {"cpu": resources.cpu, "memory": resources.memory, "gpu": resources.gpu},
+            "timeout": timeout, "metric": chosen["metric"], "grid": options.get("hyperparams") or {},
+            "no_cache": bool(options.get("no_cache")), "major": bool(options.get("major")),
+            "save_training_data": bool(options.get("save_training_data")),
+            "runner": settings.runner, "combinations": planned,
         }
+        store.put_json(runs.plan_key(pipeline, run_id), plan)
+        summary = {k: plan[k] for k in ("source", "data", "name", "image", "resources", "timeout", "metric")}
+        context["ti"].xcom_push(key="plan", value=summary | {
+            "source_short": source.ref, "data_short": data.ref, "to_train": len(to_train),
+            "cached": len(planned) - len(to_train)})
+        # The return value is what the train step maps over (Airflow maps only over return values).
+        return to_train

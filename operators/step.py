@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Sequence
 from functools import cached_property
@@ -15,9 +15,10 @@ from pathlib import Path
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.secret import Secret
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from kubernetes.client import models as k8s
 
+from operators.gpus import gpu_lease, local_gpus
 from operators.hooks import StoreHook
 from trainyard import config, contract
 from trainyard.errors import ConfigError, ResourceError
@@ -38,15 +39,13 @@ class GpuUnavailable(AirflowException):
     """More GPUs were requested than this machine has, and CPU fallback is not allowed."""
 
 
+class StepTimedOut(AirflowException):
+    """A step ran past its --timeout and was stopped."""
+
+
 def local_gpu_count() -> int:
     """GPUs visible through nvidia-smi; 0 when the tool or a driver is missing."""
-    if not shutil.which("nvidia-smi"):
-        return 0
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    return len(local_gpus())
 
 
 class TrainyardStepOperator(KubernetesPodOperator):
@@ -61,12 +60,19 @@ class TrainyardStepOperator(KubernetesPodOperator):
     :param cpu: cores (templated), e.g. "0.5" or "500m"
     :param memory: Kubernetes quantity (templated), e.g. "2Gi"
     :param gpu: number of GPUs (templated)
+    :param timeout: seconds the step may run (templated; empty for none): the pod's active_deadline_seconds on
+        Kubernetes, a kill of the process locally
+    :param skip_reason: when it renders non-empty, the step is skipped with that reason (templated)
+    :param literal_arguments: argv items appended after templating, for values that come from conf or XCom and so
+        must never be rendered as Jinja
     """
 
-    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "cpu", "memory", "gpu")
+    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "cpu", "memory", "gpu", "timeout",
+                                      "skip_reason")
 
     def __init__(self, *, step: str, arguments: Sequence[str] = (), cpu: str | None = None,
-                 memory: str | None = None, gpu: int | str = 0, runner: str | None = None,
+                 memory: str | None = None, gpu: int | str = 0, timeout: int | str | None = None,
+                 skip_reason: str = "", literal_arguments: Sequence[str] = (), runner: str | None = None,
                  store_uri: str | None = None, labels: dict[str, str] | None = None,
                  env_vars: dict[str, str] | None = None, **kwargs) -> None:
         settings = config.load(runner=runner, store=store_uri)
@@ -81,6 +87,9 @@ class TrainyardStepOperator(KubernetesPodOperator):
         self.cpu = cpu or settings.default_cpu
         self.memory = memory or settings.default_memory
         self.gpu = gpu
+        self.timeout = timeout
+        self.skip_reason = skip_reason
+        self.literal_arguments = list(literal_arguments)
         env = {
             contract.STORE_ENV: settings.store,
             "TRAINYARD_VENV_CACHE": settings.venv_cache,
@@ -117,8 +126,17 @@ class TrainyardStepOperator(KubernetesPodOperator):
         except ResourceError as exc:
             raise AirflowException(f"step {self.task_id!r}: {exc}") from None
 
+    def timeout_seconds(self) -> int | None:
+        text = str(self.timeout if self.timeout is not None else "").strip()
+        if text in ("", "None", "0"):
+            return None
+        if not text.isdigit():
+            raise AirflowException(f"step {self.task_id!r}: invalid timeout {self.timeout!r}; give whole seconds")
+        return int(text)
+
     def build_pod_request_obj(self, context=None, *, dry_run: bool = False) -> k8s.V1Pod:
         res = self.resource_request()
+        self.active_deadline_seconds = self.timeout_seconds()
         limits = {"cpu": res.cpu, "memory": res.memory}
         if res.gpu:
             limits[GPU_RESOURCE] = str(res.gpu)
@@ -131,19 +149,26 @@ class TrainyardStepOperator(KubernetesPodOperator):
             self.node_selector[key] = value
             self.tolerations.append(k8s.V1Toleration(key=self.settings.gpu_toleration, operator="Exists",
                                                      effect="NoSchedule"))
-        return super().build_pod_request_obj(context, dry_run=dry_run)
+        pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        if self.literal_arguments:
+            container = pod.spec.containers[0]
+            container.args = [*(container.args or []), *self.literal_arguments]
+        return pod
 
     @cached_property
     def store_hook(self) -> StoreHook:
         return StoreHook(store_uri=self.store_uri)
 
     def execute(self, context):
+        if str(self.skip_reason or "").strip():
+            raise AirflowSkipException(str(self.skip_reason).strip())
         self.resource_request()
+        self.timeout_seconds()
         if self.runner == "kubernetes":
             return super().execute(context)
         return self._execute_locally(context)
 
-    def _local_env(self, container: k8s.V1Container, result_path: Path, gpus: int) -> dict[str, str]:
+    def _local_env(self, container: k8s.V1Container, result_path: Path) -> dict[str, str]:
         env = dict(os.environ)
         for var in container.env or []:
             if var.value is not None:
@@ -151,21 +176,24 @@ class TrainyardStepOperator(KubernetesPodOperator):
         env.update(self.store_hook.credentials)
         env[contract.RESULT_PATH_ENV] = str(result_path)
         env["PYTHONUNBUFFERED"] = "1"
-        if gpus:
-            available = local_gpu_count()
-            if available < gpus:
-                if not self.settings.flag("allow_cpu_fallback"):
-                    raise GpuUnavailable(
-                        f"step {self.task_id!r} asks for {gpus} GPU(s) but this machine has {available}; "
-                        "lower --gpu, run on the kubernetes runner, or set TRAINYARD_ALLOW_CPU_FALLBACK=true"
-                    )
-                self.log.warning("no GPU available for %s; falling back to CPU as allowed", self.task_id)
-                env["CUDA_VISIBLE_DEVICES"] = ""
-            else:
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(gpus))
-        else:
-            env.setdefault("CUDA_VISIBLE_DEVICES", "")
+        env["CUDA_VISIBLE_DEVICES"] = ""
         return env
+
+    def _local_gpus(self, wanted: int) -> tuple[int, list[str]]:
+        """How many GPUs to lease from which; a request above what the machine has is refused or falls back."""
+        if not wanted:
+            return 0, []
+        available = local_gpus()
+        if len(available) >= wanted:
+            return wanted, available
+        if not self.settings.flag("allow_cpu_fallback"):
+            raise GpuUnavailable(
+                f"step {self.task_id!r} asks for {wanted} GPU(s) but this machine has {len(available)}; "
+                "lower --gpu, run on the kubernetes runner, or set TRAINYARD_ALLOW_CPU_FALLBACK=true"
+            )
+        self.log.warning("%s asks for %s GPU(s), this machine has %s; falling back to CPU as allowed",
+                         self.task_id, wanted, len(available))
+        return 0, []
 
     def _execute_locally(self, context):
         pod = self.build_pod_request_obj(context, dry_run=True)
@@ -173,22 +201,48 @@ class TrainyardStepOperator(KubernetesPodOperator):
         argv = [*container.command, *(container.args or [])]
         if argv[0] == "python":
             argv[0] = sys.executable
-        with tempfile.TemporaryDirectory(prefix=f"trainyard-{self.step}-") as tmp:
+        wanted, available = self._local_gpus(int((container.resources.limits or {}).get(GPU_RESOURCE, 0)))
+        with tempfile.TemporaryDirectory(prefix=f"trainyard-{self.step}-") as tmp, \
+                gpu_lease(wanted, lock_dir=self.settings.gpu_lock_dir, available=available) as gpus:
             result_path = Path(tmp) / "return.json"
-            gpus = int((container.resources.limits or {}).get(GPU_RESOURCE, 0))
-            env = self._local_env(container, result_path, gpus)
+            env = self._local_env(container, result_path)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+            if gpus:
+                self.log.info("GPUs leased for %s: CUDA_VISIBLE_DEVICES=%s", self.task_id, env["CUDA_VISIBLE_DEVICES"])
             self.log.info("running step %s locally: %s", self.step, " ".join(argv[1:4]))
-            tail: deque[str] = deque(maxlen=30)
-            with subprocess.Popen(argv, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, bufsize=1) as proc:
-                for line in proc.stdout:
-                    self.log.info("%s", line.rstrip())
-                    tail.append(line.rstrip())
-            if proc.returncode != 0:
-                raise StepFailed(f"step {self.task_id!r} exited with code {proc.returncode}: "
-                                 f"{tail[-1] if tail else 'no output'}")
+            code, tail, timed_out = self._run(argv, tmp, env, self.timeout_seconds())
+            if timed_out:
+                raise StepTimedOut(f"step {self.task_id!r} ran past its timeout of {timed_out} s and was stopped")
+            if code != 0:
+                raise StepFailed(f"step {self.task_id!r} exited with code {code}: {tail[-1] if tail else 'no output'}")
             if not self.do_xcom_push:
                 return None
             if not result_path.exists():
                 raise StepFailed(f"step {self.task_id!r} wrote no result to ${contract.RESULT_PATH_ENV}")
             return json.loads(result_path.read_text())
+
+    def _run(self, argv: list[str], cwd: str, env: dict[str, str], timeout: int | None):
+        """Stream the process's output into the task log; stop it (and its children) at the timeout."""
+        tail: deque[str] = deque(maxlen=30)
+        with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, bufsize=1, start_new_session=True) as proc:
+            expired = threading.Event()
+
+            def stop() -> None:
+                expired.set()
+                try:
+                    os.killpg(proc.pid, 9)
+                except ProcessLookupError:
+                    pass
+
+            timer = threading.Timer(timeout, stop) if timeout else None
+            if timer:
+                timer.start()
+            try:
+                for line in proc.stdout:
+                    self.log.info("%s", line.rstrip())
+                    tail.append(line.rstrip())
+            finally:
+                if timer:
+                    timer.cancel()
+        return proc.returncode, list(tail), timeout if expired.is_set() else None

@@ -1,16 +1,54 @@
-"""The train task for the configured runner: the built user image on Kubernetes, the cached venv locally."""
+"""The train task: one mapped task per hyperparameter combination, in the built image or the cached venv."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from kubernetes.client import models as k8s
 
 from operators.step import TrainyardStepOperator
 from trainyard import config
 
+# kaos bundles hard-code /pfs/data/<repo> and /pfs/hyper; in pods the train step materializes inputs there.
+PFS_ROOT = "/pfs"
 
-def train_step(*, source: str, data: str, image: str, hyperparams: str, **kwargs) -> TrainyardStepOperator:
-    """A train step whose conf-derived values are separate argv items; on Kubernetes it runs in the built image."""
-    arguments = ["--source", source, "--data", data, "--params", hyperparams]
+
+class TrainStepOperator(TrainyardStepOperator):
+    """
+    Train one combination of the sweep the resolve step planned.
+
+    :param source: source commit as repo:id (templated)
+    :param data: data commit as repo:id (templated)
+    :param combination: one planned combination: {"label", "hyper", "model_id"}; usually mapped from the resolve
+        step's `to_train` XCom. Its values come from conf, so they are passed as literal argv, never rendered.
+    """
+
+    def __init__(self, *, source: str, data: str, combination: dict, pipeline: str = "{{ dag.dag_id }}",
+                 **kwargs) -> None:
+        self.combination = combination
+        arguments: Sequence[str] = ["--source", source, "--data", data, "--pipeline", pipeline]
+        literal = ["--params", json.dumps(combination.get("hyper", {}), sort_keys=True),
+                   "--label", str(combination.get("label", ""))]
+        if combination.get("model_id"):
+            literal += ["--expect-model-id", combination["model_id"]]
+        if kwargs.get("runner", config.load().runner) == "kubernetes":
+            pfs = k8s.V1VolumeMount(name="pfs", mount_path=PFS_ROOT)
+            kwargs["volumes"] = [*kwargs.get("volumes", []),
+                                 k8s.V1Volume(name="pfs", empty_dir=k8s.V1EmptyDirVolumeSource())]
+            kwargs["volume_mounts"] = [*kwargs.get("volume_mounts", []), pfs]
+            kwargs["env_vars"] = {"TRAINYARD_PFS_ROOT": PFS_ROOT, **(kwargs.get("env_vars") or {})}
+        super().__init__(step="train", arguments=arguments, literal_arguments=literal, **kwargs)
+
+
+def train_step(*, task_id: str, source: str, data: str, image: str, combinations, **partial_kwargs):
+    """Map the train step over the planned combinations; on Kubernetes it runs in the image the build pushed."""
     if config.load().runner == "kubernetes":
         # The image was built from the bundle's Dockerfile with the trainyard runtime layered on (fetch step).
-        kwargs.setdefault("image", image)
-        kwargs.setdefault("cmds", ["python3", "-m", "training_images.train"])
-    return TrainyardStepOperator(step="train", arguments=arguments, **kwargs)
+        partial_kwargs.setdefault("image", image)
+        partial_kwargs.setdefault("cmds", ["python3", "-m", "training_images.train"])
+    partial_kwargs.setdefault("max_active_tis_per_dagrun", int(config.load().parallelism))
+    return TrainStepOperator.partial(
+        task_id=task_id, source=source, data=data,
+        map_index_template="{{ task.combination['label'] }}", **partial_kwargs,
+    ).expand(combination=combinations)

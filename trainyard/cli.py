@@ -11,10 +11,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from trainyard import config
+from trainyard import config, registry, runs
 from trainyard.bundles import DataBundle, SourceBundle, deploy_bundle
 from trainyard.contract import model_key
-from trainyard.errors import NotFound, TrainyardError
+from trainyard.errors import AmbiguousId, ConfigError, NotFound, TrainyardError
+from trainyard.grids import validate_grid
+from trainyard.metrics import available, default_metric, is_number, parse_spec, rank
 from trainyard.resources import Resources
 from trainyard.store import open_store, parse_ref
 from trainyard.store.versioned import Store
@@ -67,11 +69,26 @@ def _json_arg(text: str, what: str) -> dict:
     return value
 
 
+def _deploy_conf(args, settings) -> dict:
+    """Validate every option before anything is uploaded, and turn them into the run's conf."""
+    grid = validate_grid(_json_arg(args.hyperparams, "-h/--hyperparams"), cap=settings.combination_cap)
+    if args.cpu or args.memory or args.gpu is not None:
+        Resources.parse(args.cpu or settings.default_cpu, args.memory or settings.default_memory, args.gpu or 0,
+                        max_cpu=settings.max_cpu, max_memory=settings.max_memory, max_gpu=settings.max_gpu)
+    if args.metric:
+        parse_spec(args.metric)
+    for flag, value in (("--timeout", args.timeout), ("--parallelism", args.parallelism)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    return {"hyperparams": grid, "metric": args.metric, "cpu": args.cpu, "memory": args.memory, "gpu": args.gpu,
+            "timeout": args.timeout, "no_cache": args.no_cache, "major": args.major,
+            "save_training_data": args.save_training_data}
+
+
 def cmd_deploy(args) -> int:
-    settings = config.load(store=args.store, runner="local" if args.local else None).validate()
-    resources = Resources.parse(args.cpu or settings.default_cpu, args.memory or settings.default_memory, args.gpu,
-                                max_cpu=settings.max_cpu, max_memory=settings.max_memory, max_gpu=settings.max_gpu)
-    hyper = _json_arg(args.hyperparams, "-h/--hyperparams")
+    settings = config.load(store=args.store, runner="local" if args.local else None,
+                           parallelism=args.parallelism).validate()
+    options = _deploy_conf(args, settings)
     # Validate both bundles completely before anything is uploaded, so a bad input stores nothing.
     source_bundle = SourceBundle.load(args.source)
     data_bundle = DataBundle.load(args.data)
@@ -85,22 +102,57 @@ def cmd_deploy(args) -> int:
                     "uploaded": uploaded, "store": store.uri}
     if not quiet:
         print(f"source {source.ref}  data {data.ref}  uploaded {uploaded['blobs']} blob(s), {uploaded['bytes']} bytes")
-    if not args.upload_only:
-        conf = {"source": source.repo, "source_ref": source.id, "data": data.repo, "data_ref": data.id,
-                "hyperparams": hyper, "cpu": resources.cpu, "memory": resources.memory, "gpu": resources.gpu}
-        _embedded_airflow_env()
-        from operators.inprocess import run_pipeline  # Airflow is imported only when a run is asked for
+    if args.upload_only:
+        _emit(result, args.json, None)
+        return 0
+    conf = {"source": source.repo, "source_ref": source.id, "data": data.repo, "data_ref": data.id, **options}
+    _embedded_airflow_env()
+    from operators.inprocess import run_pipeline  # Airflow is imported only when a run is asked for
 
-        with _stdout_to_stderr(enabled=args.json):
-            run = run_pipeline("train_pipeline", conf, quiet=quiet, store_uri=settings.store)
-        result.update({"run_id": run["run_id"], "state": run["state"], "model_id": run.get("model_id"),
-                       "metrics": run.get("metrics", {})})
-        if run["state"] != "success":
-            _emit(result, args.json, f"run {run['run_id']} {run['state']}")
-            return 1
-    _emit(result, args.json, None if args.upload_only else
-          f"model {result['model_id']}  metrics {json.dumps(result['metrics'], sort_keys=True)}")
-    return 0
+    parse_settings = {"parallelism": args.parallelism,
+                      "allow_cpu_fallback": "true" if args.allow_cpu_fallback else None}
+    with _stdout_to_stderr(enabled=args.json):
+        run = run_pipeline("train_pipeline", conf, quiet=quiet, store_uri=settings.store,
+                           parse_settings=parse_settings)
+    results = run["results"]
+    result.update({"run_id": run["run_id"], "airflow_state": run["state"]})
+    if results is None:
+        result["state"] = "failed"
+        _emit(result, args.json, f"run {run['run_id']} failed before it registered anything "
+                                  "(see the task log above)")
+        return 1
+    summary = results["run_summary"]
+    best = summary["outputs"]["best"] or {}
+    best_model = next((m for m in results["models"] if m["model_id"] == best.get("model_id")), {})
+    result.update({"state": summary["state"], "cached": summary["cached"], "metric": summary["metric"],
+                   "model_id": best.get("model_id"), "metrics": best_model.get("metrics", {}),
+                   "version": summary["outputs"]["registry"], "models": results["models"],
+                   "failures": summary["outputs"]["failures"]})
+    if not args.json:
+        _print_models(results["models"], summary["metric"])
+        for failure in summary["outputs"]["failures"]:
+            print(f"FAILED {failure['label']}: {failure['error']}")
+        version = summary["outputs"]["registry"]
+        print(f"run {run['run_id']} {summary['state']}"
+              + (f"  best {best.get('model_id')}" if best else "")
+              + (f"  registered {version['name']} {version['version']}" if version else "")
+              + ("  (cache hit: nothing trained)" if summary["cached"] else ""))
+    else:
+        _emit(result, True, None)
+    return 0 if summary["state"] == "success" else 1
+
+
+def _metric_cell(metrics: dict, name: str | None) -> str:
+    value = metrics.get(name) if name else None
+    return f"{value:.4f}" if is_number(value) else ""
+
+
+def _print_models(models: list[dict], spec: str | None) -> None:
+    name = spec.split(":")[0] if spec else None
+    rows = [{"": "*" if m.get("best") else "", "model_id": m["model_id"], "params": m["label"],
+             (name or "metric"): _metric_cell(m.get("metrics", {}), name), "cached": "yes" if m["cached"] else ""}
+            for m in models]
+    _print_table(rows, ["", "model_id", "params", name or "metric", "cached"])
 
 
 @contextlib.contextmanager
@@ -128,24 +180,28 @@ def _emit(result: dict, as_json: bool, line: str | None) -> None:
         print(line)
 
 
-def _runs(store: Store, pipeline: str) -> list[dict]:
-    runs = []
-    for key in store.backend.list(f"runs/{pipeline}/"):
-        if key.endswith(".json"):
-            runs.append(store.get_json(key))
-    return sorted(runs, key=lambda r: r.get("finished_at", 0), reverse=True)
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def cmd_list(args) -> int:
-    runs = _runs(_store(args), args.pipeline)[: args.limit or None]
+    results = runs.list_results(_store(args), args.pipeline)[: args.limit or None]
     if args.json:
-        print(json.dumps(runs, indent=2, sort_keys=True))
+        print(json.dumps(results, indent=2, sort_keys=True))
         return 0
-    rows = [{"#": i, "run_id": r["run_id"], "finished": _when(r.get("finished_at")), "model_id": r["model_id"],
-             "source": r["source"], "data": r["data"],
-             "metrics": ", ".join(f"{k}={v:.4g}" for k, v in sorted(r.get("metrics", {}).items()))}
-            for i, r in enumerate(runs)]
-    _print_table(rows, ["#", "run_id", "finished", "model_id", "source", "data", "metrics"])
+    rows = []
+    for i, r in enumerate(results):
+        summary = r["run_summary"]
+        best = summary["outputs"]["best"] or {}
+        score = f"{summary['metric'].split(':')[0]}={best['value']:.4g}" if is_number(best.get("value")) else ""
+        rows.append({"#": i, "run_id": r["parameters"]["run_id"], "state": summary["state"],
+                     "started": _when(summary["start_time"]), "duration": _duration(summary["execution_time"]),
+                     "cached": "yes" if summary["cached"] else "", "models": len(r["models"]),
+                     "best": best.get("model_id", ""), "score": score})
+    _print_table(rows, ["#", "run_id", "state", "started", "duration", "cached", "models", "best", "score"])
     return 0
 
 
@@ -159,30 +215,149 @@ def _find_model(store: Store, text: str) -> dict:
     keys = [k for k in store.backend.list(f"models/{src_data[:5]}") if k.endswith(".json")]
     matches = [k for k in keys if (k[len("models/"):-len(".json")].replace("/", ":")).startswith(text)]
     if not matches:
-        raise NotFound(f"no model id starts with {text!r}; list models with `trainyard list`")
+        raise NotFound(f"no model id starts with {text!r}; list models with `trainyard list` or `trainyard info -i 0`")
     if len(matches) > 1:
         ids = ", ".join(k[len("models/"):-len(".json")].replace("/", ":") for k in matches)
-        raise TrainyardError(f"model id {text!r} is ambiguous; candidates: {ids}")
+        raise AmbiguousId(f"model id {text!r} is ambiguous; candidates: {ids}")
     return store.get_json(matches[0])
 
 
 def cmd_info(args) -> int:
-    record = _find_model(_store(args), args.model)
+    store = _store(args)
+    if args.model:
+        return _model_info(store, args)
+    if args.index is None:
+        raise TrainyardError("give --model ID or -i N (a run number from `trainyard list`, 0 is the newest)")
+    run = runs.nth_run(store, args.pipeline, args.index)
+    models = run["models"]
+    spec = args.sort or run["run_summary"]["metric"] or (default_metric(models[0]["metrics"]) if models else None)
+    names = available(models)
+    if spec:
+        ranked, unranked, name, direction = rank(models, spec)
+    else:
+        ranked, unranked, name, direction = [], models, None, None
     if args.json:
-        print(json.dumps(record, indent=2, sort_keys=True))
+        print(json.dumps({"run_id": run["parameters"]["run_id"], "state": run["run_summary"]["state"],
+                          "metric": name, "direction": direction, "available_metrics": names,
+                          "models": ranked + unranked, "failures": run["run_summary"]["outputs"]["failures"]},
+                         indent=2, sort_keys=True))
+        return 0
+    summary = run["run_summary"]
+    inputs = run["parameters"]["inputs"]
+    print(f"run #{args.index}  {run['parameters']['run_id']}  {summary['state']}  "
+          f"{_duration(summary['execution_time'])}  source {_short(inputs['source'])}  data {_short(inputs['data'])}")
+    header = f"{name} ({'higher' if direction == 'max' else 'lower'} is better)" if name else "metric"
+    rows = [{"": "*" if m.get("best") else "", "model_id": m["model_id"], "params": m["label"],
+             header: _metric_cell(m["metrics"], name), "cached": "yes" if m["cached"] else ""}
+            for m in ranked + unranked]
+    _print_table(rows, ["", "model_id", "params", header, "cached"])
+    for failure in summary["outputs"]["failures"]:
+        print(f"FAILED {failure['label']}: {failure['error']}")
+    print(f"available metrics: {', '.join(names) or 'none'}")
+    return 0
+
+
+def _short(ref: str) -> str:
+    repo, _, cid = ref.partition(":")
+    return f"{repo}:{cid[:5]}"
+
+
+def _model_info(store: Store, args) -> int:
+    record = _find_model(store, args.model)
+    versions = registry.versions_of_model(store, record["name"], record["model_id"])
+    if args.json:
+        print(json.dumps(record | {"versions": versions}, indent=2, sort_keys=True))
         return 0
     lin = record["lineage"]
-    print(f"model     {record['model_id']}  ({record['name']})")
+    airflow = lin["airflow"]
+    parent = lin.get("parent") or {}
+    print(f"model     {record['model_id']}  ({record['name']}"
+          f"{', version ' + ', '.join(versions) if versions else ''})")
     print(f"source    {lin['source']['repo']}:{lin['source']['commit'][:5]}  {lin['source']['author']}  "
           f"{_when(lin['source']['time'])}  {lin['source']['message']}")
     print(f"data      {lin['data']['repo']}:{lin['data']['commit'][:5]}  {lin['data']['author']}  "
           f"{_when(lin['data']['time'])}  {lin['data']['message']}")
-    print(f"params    {json.dumps(record['params'], sort_keys=True)}")
+    print(f"params    {json.dumps(record['params'], sort_keys=True)}  (hash {lin['params_hash'][:12]})")
     print(f"env       {record['env']}")
-    print(f"airflow   dag {lin['airflow']['dag_id']}  run {lin['airflow']['run_id']}  task {lin['airflow']['task_id']}")
+    print(f"airflow   dag {airflow['dag_id']}  run {airflow['run_id']}  task {airflow['task_id']}"
+          + (f"  map {airflow.get('map_index')} ({airflow.get('label')})" if airflow.get("map_index") else ""))
+    print(f"parent    {parent.get('name', record['name'])} {parent['version']} ({parent['model_id']})"
+          if parent else "parent    none (first version of this model)")
+    print(f"trained   {record.get('train_seconds', 0):.1f} s")
     print("metrics")
     for name, value in sorted(record["metrics"].items()):
-        print(f"  {name:<24} {value:.6g}")
+        shown = f"{value:.6g}" if is_number(value) else "(text) " + str(value).strip().splitlines()[0][:60]
+        print(f"  {name:<24} {shown}")
+    if record.get("artifacts"):
+        print("artifacts")
+        for rel in record["artifacts"]:
+            print(f"  {rel}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    store = _store(args)
+    if not args.name:
+        names = registry.names_in(store)
+        print(json.dumps(names) if args.json else "\n".join(names) or "(none)")
+        return 0
+    doc = registry.load(store, args.name)
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    spec = doc.get("metric")
+    name = spec.split(":")[0] if spec else None
+    aliases: dict[str, list[str]] = {}
+    for alias, version in doc["aliases"].items():
+        aliases.setdefault(version, []).append(alias)
+    rows = [{"version": v["version"], "aliases": ",".join(aliases.get(v["version"], [])), "model_id": v["model_id"],
+             (name or "metric"): _metric_cell(v["metrics"], name), "models": len(v["models"]),
+             "run_id": v["run_id"], "registered": _when(v["registered_at"])}
+            for v in reversed(doc["versions"])]
+    print(f"{doc['name']}: {len(doc['versions'])} version(s); best by {spec or 'no metric yet'}")
+    _print_table(rows, ["version", "aliases", "model_id", name or "metric", "models", "run_id", "registered"])
+    return 0
+
+
+def _dot_id(text: str) -> str:
+    return json.dumps(text)
+
+
+def cmd_lineage(args) -> int:
+    store = _store(args)
+    record = _find_model(store, args.model)
+    lin = record["lineage"]
+    nodes = {
+        "source": f"source {lin['source']['repo']}:{lin['source']['commit'][:12]}\n{lin['source']['message'][:40]}",
+        "data": f"data {lin['data']['repo']}:{lin['data']['commit'][:12]}\n{lin['data']['message'][:40]}",
+        "params": "params " + lin["params_hash"][:12] + "\n"
+                  + ", ".join(f"{k}={v}" for k, v in sorted(record["params"].items()))[:60],
+        "env": f"env {record['env']}",
+        "run": f"airflow run {lin['airflow']['run_id']}\ntask {lin['airflow']['task_id']}"
+               + (f"[{lin['airflow']['map_index']}]" if lin['airflow'].get('map_index') else ""),
+        "model": f"model {record['model_id']}",
+    }
+    edges = [("source", "model"), ("data", "model"), ("params", "model"), ("env", "model"), ("run", "model")]
+    for version in registry.versions_of_model(store, record["name"], record["model_id"]):
+        nodes[f"v{version}"] = f"{record['name']} {version}"
+        edges.append(("model", f"v{version}"))
+    parent = lin.get("parent")
+    if parent:
+        nodes["parent"] = f"{record['name']} {parent['version']}\n{parent['model_id']}"
+        edges.append(("parent", "model"))
+    if args.dot:
+        print("digraph lineage {\n  rankdir=LR;\n  node [shape=box, fontname=Helvetica];")
+        for key, label in nodes.items():
+            shape = ", style=bold" if key == "model" else ""
+            print(f"  {_dot_id(key)} [label={_dot_id(label)}{shape}];")
+        for a, b in edges:
+            print(f"  {_dot_id(a)} -> {_dot_id(b)};")
+        print("}")
+    elif args.json:
+        print(json.dumps({"nodes": nodes, "edges": edges}, indent=2))
+    else:
+        for a, b in edges:
+            print(f"{nodes[a].splitlines()[0]}  ->  {nodes[b].splitlines()[0]}")
     return 0
 
 
@@ -263,9 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("-s", "--source", required=True, help="source bundle directory (kaos layout)")
     deploy.add_argument("-d", "--data", required=True, help="data bundle directory")
     deploy.add_argument("-h", "--hyperparams", default="{}", help="hyperparameters: JSON object or a file")
-    deploy.add_argument("--cpu", help="CPU cores for training, e.g. 0.5, 2, 500m")
-    deploy.add_argument("--memory", help="memory for training: Kubernetes quantity, e.g. 512Mi, 2Gi, 1G")
-    deploy.add_argument("--gpu", type=int, default=0, help="GPUs for training")
+    deploy.add_argument("--cpu", help="CPU cores per training task, e.g. 0.5, 2, 500m (default: remembered)")
+    deploy.add_argument("--memory", help="memory per training task: 512Mi, 2Gi, 1G (default: remembered)")
+    deploy.add_argument("--gpu", type=int, help="GPUs per training task (default: remembered, else 0)")
+    deploy.add_argument("--timeout", type=int, help="seconds a training task may run (default: remembered)")
+    deploy.add_argument("--metric", help="metric that picks the best model: NAME[:max|min], e.g. loss:min")
+    deploy.add_argument("--parallelism", type=int, help="training tasks of this run that may run at once")
+    deploy.add_argument("--no-cache", action="store_true", help="train again even when the model exists")
+    deploy.add_argument("--major", action="store_true", help="register as a new major version (2.0, ...)")
+    deploy.add_argument("--save-training-data", action="store_true",
+                        help="record the exact input commits with the run (a reference, no copy)")
+    deploy.add_argument("--allow-cpu-fallback", action="store_true",
+                        help="run on CPU when fewer GPUs exist than asked for (local runner)")
     deploy.add_argument("--local", action="store_true", help="run the pipeline in-process on the local runner")
     deploy.add_argument("--upload-only", action="store_true", help="commit the bundles without training")
     deploy.add_argument("-m", "--message", default="", help="commit message")
@@ -278,10 +462,25 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_list)
 
-    info = sub.add_parser("info", help="show a model's metrics and lineage")
-    info.add_argument("--model", required=True, help="model id or a unique prefix")
+    info = sub.add_parser("info", help="models of run N ranked by a metric, or one model's metrics and lineage")
+    which = info.add_mutually_exclusive_group()
+    which.add_argument("--model", help="model id or a unique prefix")
+    which.add_argument("-i", "--index", type=int, help="run number from `trainyard list` (0 is the newest)")
+    info.add_argument("-s", "--sort", metavar="METRIC", help="rank by NAME[:max|min] (default: the run's metric)")
+    info.add_argument("--pipeline", default="train_pipeline")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    models = sub.add_parser("models", help="registered versions of a model name, with metrics and aliases")
+    models.add_argument("name", nargs="?", help="model name (the source bundle's name); omit to list names")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+
+    lineage = sub.add_parser("lineage", help="what produced a model: commits, params, env, run, versions")
+    lineage.add_argument("model", help="model id or a unique prefix")
+    lineage.add_argument("--dot", action="store_true", help="print a Graphviz graph")
+    lineage.add_argument("--json", action="store_true")
+    lineage.set_defaults(func=cmd_lineage)
 
     get = sub.add_parser("get", help="download a model with its metrics, log and lineage")
     get.add_argument("--model", required=True)

@@ -35,6 +35,17 @@ class Settings:
     max_memory: str = "512Gi"
     max_gpu: str = "8"
     allow_cpu_fallback: str = "false"
+    # Sweeps: the most combinations one grid may expand to (never above Airflow's [core] max_map_length), and how
+    # many mapped train tasks of one run may run at once (max_active_tis_per_dagrun, fixed when the DAG is parsed).
+    max_combinations: str = "256"
+    parallelism: str = "4"
+    # Where the local runner keeps one lock file per GPU, so concurrent tasks get distinct devices.
+    gpu_lock_dir: str = "/tmp/trainyard-gpu-locks"
+
+    @property
+    def combination_cap(self) -> int:
+        """max_combinations, clamped to Airflow's max_map_length so a valid grid can always be mapped."""
+        return min(int(self.max_combinations), airflow_option("core", "max_map_length", 1024))
 
     @property
     def store_is_local(self) -> bool:
@@ -52,6 +63,10 @@ class Settings:
             raise ConfigError(
                 f"unsupported store URI {self.store!r}; use file:///path or s3://bucket/prefix"
             )
+        for name in ("max_combinations", "parallelism"):
+            value = getattr(self, name)
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"[trainyard] {name} = {value!r} must be a whole number >= 1")
         if self.runner == "kubernetes" and self.store_is_local:
             raise ConfigError(
                 f"runner 'kubernetes' cannot use the local store {self.store!r}: pods do not share this "
@@ -68,15 +83,24 @@ def airflow_cfg_path() -> Path | None:
     return Path(os.path.expandvars(home)).expanduser() / "airflow.cfg"
 
 
-def _airflow_cfg_section() -> dict[str, str]:
+def _airflow_cfg_section(section: str = "trainyard") -> dict[str, str]:
     path = airflow_cfg_path()
     if not path or not path.is_file():
         return {}
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(path)
-    if not parser.has_section("trainyard"):
+    if not parser.has_section(section):
         return {}
-    return {k: os.path.expandvars(v) for k, v in parser.items("trainyard")}
+    return {k: os.path.expandvars(v) for k, v in parser.items(section)}
+
+
+def airflow_option(section: str, key: str, default: int) -> int:
+    """An integer Airflow option (env AIRFLOW__SECTION__KEY > airflow.cfg > Airflow's default), read without Airflow."""
+    raw = os.environ.get(f"AIRFLOW__{section.upper()}__{key.upper()}") or _airflow_cfg_section(section).get(key)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ConfigError(f"[{section}] {key} = {raw!r} is not a whole number; fix airflow.cfg or the env var") from None
 
 
 def load(**overrides: str | None) -> Settings:

@@ -50,20 +50,29 @@ def write_result(result: dict[str, Any]) -> Path:
     return path
 
 
-def read_metrics(path: Path) -> dict[str, float]:
-    """Read metrics.json: a flat object of numbers. Anything else is a clear error."""
-    try:
-        metrics = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"training wrote no metrics: expected {path} (a flat JSON object of numbers)") from None
-    except ValueError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(metrics, dict):
-        raise ValueError(f"{path} must be a JSON object of name -> number")
-    bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
-    if bad:
-        raise ValueError(f"metrics {', '.join(sorted(bad))} in {path} are not numbers; metrics must be flat numbers")
-    return {k: float(v) for k, v in metrics.items()}
+def read_metrics(metrics_dir: Path) -> dict[str, float | str]:
+    """Read metrics: `metrics.json`, then any other `*.json` in the metrics dir, each a flat JSON object.
+
+    Numbers are kept as floats and can be ranked. Anything else (kaos writes sklearn report strings as metrics) is
+    kept as text and never ranked.
+    """
+    main = metrics_dir / "metrics.json"
+    if not main.is_file():
+        raise ValueError(f"training wrote no metrics: expected {main} (a flat JSON object of name -> number)")
+    metrics: dict[str, float | str] = {}
+    for path in [main, *sorted(p for p in metrics_dir.glob("*.json") if p != main)]:
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path} must be a JSON object of name -> number")
+        for name, value in doc.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics[name] = float(value)
+            else:
+                metrics[name] = value if isinstance(value, str) else json.dumps(value)
+    return metrics
 
 
 def store_from_env():

@@ -33,8 +33,10 @@ def test_train_pipeline_inputs_are_typed_params(dagbag):
     params = dagbag.dags["train_pipeline"].params
     schema = {name: params.get_param(name).schema for name in params}
     assert schema["source_ref"]["pattern"] and schema["memory"]["pattern"]
-    assert schema["gpu"]["type"] == "integer" and schema["gpu"]["minimum"] == 0
+    assert "integer" in schema["gpu"]["type"] and schema["gpu"]["minimum"] == 0
     assert schema["hyperparams"]["type"] == "object"
+    assert schema["hyperparams"]["additionalProperties"]["type"] == "array"
+    assert schema["metric"]["pattern"] and schema["no_cache"]["type"] == "boolean"
 
 
 def test_kubernetes_runner_with_file_store_is_an_import_error(monkeypatch):
@@ -53,14 +55,21 @@ def test_kubernetes_runner_builds_with_kaniko_and_trains_in_the_built_image(monk
     dag = bag.dags["train_pipeline"]
     build, train = dag.get_task("build"), dag.get_task("train")
     assert type(build).__name__ == "KanikoBuildOperator"
-    assert build.destination == "{{ ti.xcom_pull(task_ids='resolve')['image'] }}"
-    assert train.image == "{{ ti.xcom_pull(task_ids='resolve')['image'] }}"
-    assert train.cmds == ["python3", "-m", "training_images.train"]
-    assert train.arguments[train.arguments.index("--params") + 1] == "{{ params.hyperparams | tojson }}"
+    plan = "ti.xcom_pull(task_ids='resolve', key='plan')"
+    assert build.destination == f"{{{{ {plan}['image'] }}}}"
+    # train is mapped over the planned combinations, one task each, at most `parallelism` at a time
+    assert train.partial_kwargs["image"] == f"{{{{ {plan}['image'] }}}}"
+    assert train.partial_kwargs["cmds"] == ["python3", "-m", "training_images.train"]
+    assert train.partial_kwargs["max_active_tis_per_dagrun"] == 4
+    assert train.map_index_template == "{{ task.combination['label'] }}"
 
 
 @pytest.mark.parametrize(("conf", "field"), [({"memory": "2GB"}, "memory"), ({"source_ref": "x y"}, "source_ref"),
-                                             ({"gpu": -1}, "gpu"), ({"hyperparams": [1, 2]}, "hyperparams")])
+                                             ({"gpu": -1}, "gpu"), ({"hyperparams": [1, 2]}, "hyperparams"),
+                                             ({"hyperparams": {"C": 10}}, "hyperparams"),
+                                             ({"hyperparams": {"C": []}}, "hyperparams"),
+                                             ({"hyperparams": {"C": [{"a": 1}]}}, "hyperparams"),
+                                             ({"metric": "acc:best"}, "metric")])
 def test_bad_conf_is_rejected_by_the_param_schema(dagbag, conf, field):
     from airflow.sdk.exceptions import ParamValidationError
 

@@ -92,11 +92,18 @@ def test_failed_training_fails_the_step_with_its_last_lines_and_keeps_the_log(de
     assert "training failed with exit code 3" in proc.stderr and "cwd" in proc.stderr
 
 
-def test_non_numeric_metrics_are_rejected(deployed, tmp_path):
-    uri, store, src, data = deployed(metrics='{"loss": "low"}')
+def test_text_metrics_are_kept_as_text_and_a_non_object_is_rejected(deployed, tmp_path):
+    uri, store, src, data = deployed(metrics='{"loss": 0.5, "report_test": "precision 0.9"}')
     proc, result = run_step("train", ["--source", f"probe:{src.id}", "--data", f"probe-data:{data.id}"], uri, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert result["metrics"] == {"loss": 0.5, "report_test": "precision 0.9"}
+
+    uri, store, src, data = deployed(metrics='[0.5]')
+    (tmp_path / "again").mkdir()
+    proc, result = run_step("train", ["--source", f"probe:{src.id}", "--data", f"probe-data:{data.id}"], uri,
+                            tmp_path / "again")
     assert proc.returncode != 0 and result is None
-    assert "metrics loss" in proc.stderr and "not numbers" in proc.stderr
+    assert "metrics.json must be a JSON object" in proc.stderr
 
 
 def test_build_makes_one_venv_per_requirements_hash_and_reuses_it(deployed, tmp_path):

@@ -1,58 +1,160 @@
-"""Register step: publish the trained model's record (files, metrics, logs, lineage) and the run record."""
+"""Register step: publish every trained model of the run, pick the best, add a registry version, write _results.json."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import datetime as dt
 import os
 import sys
 import time
 
-from trainyard import contract
+from trainyard import contract, registry, runs
+from trainyard.errors import NotFound
+from trainyard.metrics import available, default_metric, parse_spec, rank
+from trainyard.store.versioned import Store
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _lineage(store: Store, plan: dict, trained: dict, parent: dict | None) -> dict:
+    def commit(ref: str) -> dict:
+        repo, _, cid = ref.partition(":")
+        c = store.get_commit(repo, cid)
+        return {"repo": c.repo, "commit": c.id, "author": c.author, "time": c.time, "message": c.message}
+
+    return {
+        "source": commit(plan["source"]), "data": commit(plan["data"]),
+        "params_hash": contract.params_hash(trained["params"]), "env": trained["env"],
+        "airflow": {"dag_id": plan["pipeline"], "run_id": plan["run_id"], "task_id": trained.get("task_id", "train"),
+                    "map_index": trained.get("map_index"), "label": trained.get("label")},
+        # The registry version that was current when this model was registered: what it improves on.
+        "parent": parent and {"name": plan["name"], "version": parent["version"], "model_id": parent["model_id"]},
+    }
+
+
+def _publish(store: Store, plan: dict, trained: dict, parent: dict | None) -> dict:
+    """The model record (outputs were uploaded by the train step); published last, never overwritten."""
+    record = {
+        "model_id": trained["model_id"], "name": plan["name"], "metrics": trained["metrics"],
+        "params": trained["params"], "outputs": trained["outputs"], "log": trained["log"], "env": trained["env"],
+        "artifacts": trained.get("artifacts", []), "train_seconds": trained["train_seconds"],
+        "lineage": _lineage(store, plan, trained, parent), "registered_at": time.time(),
+    }
+    created = store.put_json(contract.model_key(trained["model_id"]), record, create_only=True)
+    print(f"model {trained['model_id']} ({trained.get('label')}) "
+          f"{'registered' if created else 'already registered (same inputs)'}", flush=True)
+    return store.get_json(contract.model_key(trained["model_id"]))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training_images.register")
-    parser.add_argument("--train-result", required=True, help="the train step's JSON result")
-    parser.add_argument("--pipeline", default="train_pipeline")
+    parser.add_argument("--pipeline", default=os.environ.get("TRAINYARD_DAG_ID", "train_pipeline"))
+    parser.add_argument("--run-id", default=os.environ.get("TRAINYARD_RUN_ID", "manual"))
     args = parser.parse_args(argv)
 
-    trained = json.loads(args.train_result)
     store = contract.store_from_env()
-    source = store.get_commit(trained["source"].split(":")[0], trained["source_id"])
-    data = store.get_commit(trained["data"].split(":")[0], trained["data_id"])
-    run_id = os.environ.get("TRAINYARD_RUN_ID", "manual")
-    record = {
-        "model_id": trained["model_id"],
-        "name": source.repo,
-        "metrics": trained["metrics"],
-        "params": trained["params"],
-        "outputs": trained["outputs"],
-        "log": trained["log"],
-        "env": trained["env"],
-        "train_seconds": trained["train_seconds"],
-        "lineage": {
-            "source": {"repo": source.repo, "commit": source.id, "author": source.author, "time": source.time,
-                       "message": source.message},
-            "data": {"repo": data.repo, "commit": data.id, "author": data.author, "time": data.time,
-                     "message": data.message},
-            "params_hash": trained["params_hash"],
-            "airflow": {"dag_id": os.environ.get("TRAINYARD_DAG_ID"), "run_id": run_id,
-                        "task_id": os.environ.get("TRAINYARD_TRAIN_TASK", "train")},
+    try:
+        plan = store.get_json(runs.plan_key(args.pipeline, args.run_id))
+    except NotFound:
+        print(f"run {args.run_id} has no plan: the resolve step did not finish, so nothing was trained",
+              file=sys.stderr)
+        return 2
+
+    try:
+        parent = registry.find_version(store, plan["name"], "latest")
+    except NotFound:
+        parent = None
+    models, failures = [], []
+    for combo in plan["combinations"]:
+        mid = combo["model_id"]
+        entry = {"model_id": mid, "label": combo["label"], "hyper": combo["hyper"], "cached": combo["cached"]}
+        trained_key = runs.trained_key(args.pipeline, args.run_id, mid)
+        if not combo["cached"] and store.exists(trained_key):
+            record = _publish(store, plan, store.get_json(trained_key), parent)
+        elif store.exists(contract.model_key(mid)):
+            record = store.get_json(contract.model_key(mid))
+            entry["cached"] = True
+            if combo["cached"]:
+                print(f"model {mid} ({combo['label']}) reused from cache, trained in run "
+                      f"{record['lineage']['airflow']['run_id']}", flush=True)
+        else:
+            failure = {"model_id": mid, "label": combo["label"], "error": "the train task did not run or left no result"}
+            try:
+                failure.update(store.get_json(runs.failure_key(args.pipeline, args.run_id, mid)))
+            except NotFound:
+                pass
+            failures.append(failure)
+            continue
+        entry.update(metrics=record["metrics"], params=record["params"], artifacts=record.get("artifacts", []),
+                     train_seconds=record.get("train_seconds"))
+        models.append(entry)
+
+    metric = plan.get("metric") or (default_metric(models[0]["metrics"]) if models else None)
+    spec, best = None, None
+    if metric and models:
+        name, direction = parse_spec(metric)
+        spec = f"{name}:{direction}"
+        if name in available(models):
+            best = rank(models, spec)[0][0]
+        else:
+            print(f"warning: no model reported the metric {name!r}; available: {', '.join(available(models))}",
+                  file=sys.stderr, flush=True)
+    best = best or (models[0] if models else None)
+    for model in models:
+        model["best"] = best is not None and model["model_id"] == best["model_id"]
+
+    version = None
+    if best is not None:
+        entry, created = registry.add_version(
+            store, plan["name"], model_id=best["model_id"], metrics=best["metrics"], run_id=args.run_id,
+            pipeline=args.pipeline, metric=spec, models=[m["model_id"] for m in models], major=plan["major"])
+        version = entry["version"]
+        print(f"registry {plan['name']} {'version ' + version + ' added' if created else 'unchanged at ' + version}"
+              f": best {best['model_id']} ({best['label']})"
+              + (f" {spec} = {best['metrics'].get(spec.split(':')[0])}" if spec else ""), flush=True)
+
+    ended = time.time()
+    state = "failed" if not models else "partial" if failures else "success"
+    results = {
+        "parameters": {
+            "pipeline_name": args.pipeline, "run_id": args.run_id,
+            "inputs": {"source": plan["source"], "data": plan["data"], "params": plan["grid"],
+                       "gpu": plan["resources"]["gpu"], "cpu": plan["resources"]["cpu"],
+                       "memory": plan["resources"]["memory"], "timeout": plan["timeout"]},
+            "env": {"runner": plan["runner"], "image": plan["image"], "no_cache": plan["no_cache"],
+                    "save_training_data": plan["save_training_data"]},
         },
-        "registered_at": time.time(),
+        "run_summary": {
+            "state": state, "start_time": plan["start_time"], "end_time": ended,
+            "start": _iso(plan["start_time"]), "end": _iso(ended),
+            "execution_time": round(ended - plan["start_time"], 3),
+            "cached": bool(models) and all(m["cached"] for m in models),
+            "metric": spec,
+            "outputs": {
+                "model_ids": [m["model_id"] for m in models],
+                "best": best and {"model_id": best["model_id"], "label": best["label"],
+                                  "value": best["metrics"].get(spec.split(":")[0]) if spec else None},
+                "registry": version and {"name": plan["name"], "version": version},
+                "artifacts": {m["model_id"]: m["artifacts"] for m in models if m["artifacts"]},
+                "failures": failures,
+            },
+        },
+        "models": models,
     }
-    # Outputs were uploaded by the train step; the record is published last and never overwritten.
-    created = store.put_json(contract.model_key(trained["model_id"]), record, create_only=True)
-    print(f"model {trained['model_id']} {'registered' if created else 'already registered (same inputs)'}",
-          flush=True)
-    store.put_json(f"runs/{args.pipeline}/{run_id}.json", {
-        "run_id": run_id, "pipeline": args.pipeline, "model_id": trained["model_id"],
-        "metrics": trained["metrics"], "source": trained["source"], "data": trained["data"],
-        "finished_at": time.time(),
-    })
-    contract.write_result({"model_id": trained["model_id"], "metrics": trained["metrics"], "created": created,
-                           "source": trained["source"], "data": trained["data"]})
+    if plan["save_training_data"]:
+        # A commit reference pins the exact bytes: commits and blobs are immutable, so no copy is needed.
+        results["training_data"] = {"source": plan["source"], "data": plan["data"]}
+    store.put_json(runs.results_key(args.pipeline, args.run_id), results)
+    contract.write_result({"state": state, "best": results["run_summary"]["outputs"]["best"], "version": version,
+                           "models": len(models), "failures": len(failures)})
+    if failures:
+        for f in failures:
+            print(f"combination {f['label']} failed: {f['error']}", file=sys.stderr, flush=True)
+        print(f"registered {len(models)} of {len(models) + len(failures)} combination(s); "
+              f"{len(failures)} failed", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

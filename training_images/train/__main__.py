@@ -12,7 +12,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from trainyard import config, contract
+from trainyard import config, contract, runs
 from trainyard.bundles import PARAMS_FILES
 from trainyard.store import parse_ref
 from trainyard.store.versioned import Commit
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="{}", help="hyperparameters as a JSON object")
     parser.add_argument("--venv-cache", default=config.load().venv_cache)
     parser.add_argument("--workdir", default=os.environ.get("TRAINYARD_WORKDIR"))
+    parser.add_argument("--pipeline", default=os.environ.get("TRAINYARD_DAG_ID", "train_pipeline"))
+    parser.add_argument("--label", default="", help="the combination's readable label, e.g. kernel=poly,degree=3")
+    parser.add_argument("--expect-model-id", help="the model id the resolve step planned for these inputs")
     args = parser.parse_args(argv)
 
     hyper = json.loads(args.params)
@@ -112,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         params_file.write_text(json.dumps(params, indent=2, sort_keys=True))
         hyper_file.write_text(json.dumps(hyper, indent=2, sort_keys=True))
         mid = contract.model_id(source.id, data.id, params)
+        if args.expect_model_id and mid != args.expect_model_id:
+            raise SystemExit(f"planned model {args.expect_model_id} but these inputs give {mid}; "
+                             "the source's params.json changed between resolve and train")
 
         cmd, cwd = _train_command(source_dir, out_dir)
         env_bin = _resolve_env_bin(source, args.venv_cache)
@@ -125,8 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         log_sha = store.put_blob_bytes(log_path.read_bytes())
         if code != 0:
             print(f"training failed with exit code {code}; last lines:\n" + "\n".join(tail), file=sys.stderr)
+            _record(store, args, mid, {"model_id": mid, "label": args.label, "exit_code": code, "log": log_sha,
+                                       "error": tail[-1] if tail else f"exit code {code}", "tail": tail})
             return code or 1
-        metrics = contract.read_metrics(out_dir / "metrics" / "metrics.json")
+        try:
+            metrics = contract.read_metrics(out_dir / "metrics")
+        except ValueError as exc:
+            _record(store, args, mid, {"model_id": mid, "label": args.label, "log": log_sha, "error": str(exc)})
+            raise SystemExit(str(exc)) from None
         outputs = {p.relative_to(out_dir).as_posix(): p for p in sorted(out_dir.rglob("*")) if p.is_file()}
         if not any(rel.startswith("model/") for rel in outputs):
             print(f"warning: training wrote nothing under {out_dir / 'model'}", flush=True)
@@ -134,13 +146,26 @@ def main(argv: list[str] | None = None) -> int:
         outputs_sha = store.put_blob_bytes(json.dumps(report.manifest, sort_keys=True).encode())
 
     print(f"metrics: {json.dumps(metrics, sort_keys=True)}", flush=True)
-    contract.write_result({
-        "model_id": mid, "source": source.ref, "source_id": source.id, "data": data.ref, "data_id": data.id,
-        "params": params, "params_hash": contract.params_hash(params), "metrics": metrics,
-        "outputs": outputs_sha, "log": log_sha, "train_seconds": round(duration, 3),
+    artifacts = sorted(rel for rel in report.manifest if rel.startswith("artifacts/"))
+    trained = {
+        "model_id": mid, "label": args.label, "source": source.ref, "source_id": source.id, "data": data.ref,
+        "data_id": data.id, "params": params, "params_hash": contract.params_hash(params), "metrics": metrics,
+        "outputs": outputs_sha, "log": log_sha, "train_seconds": round(duration, 3), "artifacts": artifacts,
         "env": f"venv:{env_bin.parent.name}" if env_bin else "image",
-    })
+        "task_id": os.environ.get("TRAINYARD_TASK_ID", "train"), "map_index": os.environ.get("TRAINYARD_MAP_INDEX"),
+    }
+    # Outputs are uploaded; this record lets the register step publish the model even if XComs are lost.
+    _record(store, args, mid, trained, failed=False)
+    contract.write_result(trained)
     return 0
+
+
+def _record(store, args, mid: str, record: dict, *, failed: bool = True) -> None:
+    run_id = os.environ.get("TRAINYARD_RUN_ID")
+    if not run_id:
+        return
+    key = (runs.failure_key if failed else runs.trained_key)(args.pipeline, run_id, mid)
+    store.put_json(key, record)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -324,23 +324,36 @@ class Store:
         self._move_branch(repo, branch, commit_id)
         return self.get_commit(repo, commit_id), created
 
-    def _move_branch(self, repo: str, branch: str, commit_id: str, attempts: int = 50) -> None:
-        key = self._branch_key(repo, branch)
+    def _move_branch(self, repo: str, branch: str, commit_id: str) -> None:
+        def move(doc: dict | None) -> dict | None:
+            doc = doc or {"head": None, "log": []}
+            if doc["head"] == commit_id:
+                return None
+            return {"head": commit_id, "log": [{"commit": commit_id, "time": time.time()}, *doc["log"]]}
+
+        self.update_json(self._branch_key(repo, branch), move, what=f"branch {repo}:{branch}")
+
+    def update_json(self, key: str, mutate: Callable[[Any], Any], *, attempts: int = 50, what: str = "") -> Any:
+        """Compare-and-swap a JSON document: mutate(current or None) returns the new document, or None to keep it.
+
+        Concurrent writers retry on a lost race, so no update is ever silently dropped. Returns what was written
+        (or the current document when mutate kept it).
+        """
         for attempt in range(attempts):
             current = self.backend.read_versioned(key)
-            doc = json.loads(current[0]) if current else {"head": None, "log": []}
-            if doc["head"] == commit_id:
-                return
-            doc = {"head": commit_id, "log": [{"commit": commit_id, "time": time.time()}, *doc["log"]]}
+            doc = json.loads(current[0]) if current else None
+            new = mutate(doc)
+            if new is None:
+                return doc
             try:
                 if current:
-                    self.backend.write(key, canonical_json(doc), if_version=current[1])
+                    self.backend.write(key, canonical_json(new), if_version=current[1])
                 else:
-                    self.backend.write(key, canonical_json(doc), if_absent=True)
-                return
+                    self.backend.write(key, canonical_json(new), if_absent=True)
+                return new
             except PreconditionFailed:
                 time.sleep(min(0.01 * 2**attempt, 0.5))
-        raise ConflictError(f"branch {repo}:{branch} kept moving; {attempts} compare-and-swap attempts lost")
+        raise ConflictError(f"{what or key} kept changing; {attempts} compare-and-swap attempts lost")
 
     def get_commit(self, repo: str, commit_id: str) -> Commit:
         try:

@@ -1,0 +1,67 @@
+"""Run records: the plan a run trains, per-combination outcomes, `_results.json`, and settings kept per pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainyard.errors import NotFound
+from trainyard.store.versioned import Store
+
+# Resources and options a pipeline keeps between deploys until the user changes them (kaos reset them each time).
+REMEMBERED = ("cpu", "memory", "gpu", "timeout", "metric")
+
+
+def run_prefix(pipeline: str, run_id: str) -> str:
+    return f"runs/{pipeline}/{run_id}/"
+
+
+def plan_key(pipeline: str, run_id: str) -> str:
+    return run_prefix(pipeline, run_id) + "plan.json"
+
+
+def trained_key(pipeline: str, run_id: str, model_id: str) -> str:
+    return run_prefix(pipeline, run_id) + f"trained/{model_id.replace(':', '-')}.json"
+
+
+def failure_key(pipeline: str, run_id: str, model_id: str) -> str:
+    return run_prefix(pipeline, run_id) + f"failed/{model_id.replace(':', '-')}.json"
+
+
+def results_key(pipeline: str, run_id: str) -> str:
+    return run_prefix(pipeline, run_id) + "_results.json"
+
+
+def list_results(store: Store, pipeline: str) -> list[dict[str, Any]]:
+    """Every run's `_results.json`, newest first (by start time)."""
+    runs = [store.get_json(k) for k in store.backend.list(f"runs/{pipeline}/") if k.endswith("/_results.json")]
+    return sorted(runs, key=lambda r: r["run_summary"]["start_time"], reverse=True)
+
+
+def nth_run(store: Store, pipeline: str, index: int) -> dict[str, Any]:
+    runs = list_results(store, pipeline)
+    if not 0 <= index < len(runs):
+        raise NotFound(f"no run #{index} of {pipeline}: there are {len(runs)} run(s); see `trainyard list`")
+    return runs[index]
+
+
+def settings_key(pipeline: str, name: str) -> str:
+    return f"pipelines/{pipeline}/{name}/settings.json"
+
+
+def remembered_settings(store: Store, pipeline: str, name: str) -> dict[str, Any]:
+    try:
+        return store.get_json(settings_key(pipeline, name))
+    except NotFound:
+        return {}
+
+
+def remember_settings(store: Store, pipeline: str, name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Merge the values the user gave this time over what the pipeline remembered; returns the result."""
+    changes = {k: v for k, v in given.items() if k in REMEMBERED and v is not None}
+
+    def mutate(doc: dict | None) -> dict | None:
+        doc = doc or {}
+        merged = {**doc, **changes}
+        return merged if merged != doc else None
+
+    return store.update_json(settings_key(pipeline, name), mutate, what=f"{pipeline} settings for {name}") or {}
