@@ -16,6 +16,7 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	bash scripts/install-system-deps.sh
 	touch $@
 
 $(AIRFLOW_HOME)/airflow.db: $(VENV)/.installed

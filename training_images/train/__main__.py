@@ -16,18 +16,11 @@ from trainyard import config, contract, runs
 from trainyard.bundles import PARAMS_FILES
 from trainyard.store import parse_ref
 from trainyard.store.versioned import Commit
+from training_images import aicenter, sandbox
 from training_images.environments import READY_MARKER, venv_dir
 
 # Env vars the user's code never needs; keeping store credentials out of its reach keeps them out of its logs.
 _PRIVATE_ENV_PREFIXES = ("AWS_", "TRAINYARD_STORE", "AIRFLOW_CONN_", "AIRFLOW__")
-_AICENTER_RUNNER = """
-import importlib.util, os, sys
-spec = importlib.util.spec_from_file_location("train", os.path.join(os.getcwd(), "train.py"))
-module = importlib.util.module_from_spec(spec); sys.path.insert(0, os.getcwd()); spec.loader.exec_module(module)
-main = module.Main()
-main.train(os.environ["TRAINYARD_DATA_DIR"])
-main.save()
-"""
 
 
 def _params(source_dir: Path, hyper: dict) -> dict:
@@ -39,12 +32,15 @@ def _params(source_dir: Path, hyper: dict) -> dict:
     return merged
 
 
-def _train_command(source_dir: Path, out_dir: Path) -> tuple[list[str], Path]:
+def _train_command(source_dir: Path, data_dir: Path, out_dir: Path) -> tuple[list[str], Path]:
     script = source_dir / "model" / "train"
     if script.is_file():
         script.chmod(0o755)  # manifests carry content only; the contract makes model/train executable
         return [str(script), str(out_dir)], source_dir / "model"
-    return ["python", "-c", _AICENTER_RUNNER], source_dir
+    # "python" resolves on the user env's PATH, so the bundle's virtualenv runs the AI Center contract runner; it
+    # is standard library only and run by path, because the user's environment need not have trainyard installed.
+    return ["python", aicenter.__file__, "--source", str(source_dir), "--data", str(data_dir),
+            "--out", str(out_dir)], out_dir / "model"
 
 
 def _user_env(work: Path, source_dir: Path, data_dir: Path, out_dir: Path, params_file: Path,
@@ -105,13 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="trainyard-train-", dir=args.workdir) as tmp:
         work = Path(tmp)
         source_dir, data_dir, out_dir, hyper_dir = (work / n for n in ("src", "data", "out", "hyper"))
+        if os.environ.get("TRAINYARD_PFS_ROOT"):
+            # In pods /pfs is an emptyDir: inputs go exactly where kaos code looks for them.
+            pfs = Path(os.environ["TRAINYARD_PFS_ROOT"])
+            data_dir, hyper_dir = pfs / "data", pfs / "hyper"
         store.materialize(source.manifest, source_dir)
         store.materialize(data.manifest, data_dir)
         for sub in ("model", "metrics", "artifacts"):
             (out_dir / sub).mkdir(parents=True)
-        hyper_dir.mkdir()
+        hyper_dir.mkdir(exist_ok=True)
         params = _params(source_dir, hyper)
-        params_file, hyper_file = hyper_dir / "params.json", hyper_dir / "hyperparams.json"
+        # The hyperparameters are alone in their dir: kaos code reads "the first *.json" there.
+        params_file, hyper_file = work / "params.json", hyper_dir / "hyperparams.json"
         params_file.write_text(json.dumps(params, indent=2, sort_keys=True))
         hyper_file.write_text(json.dumps(hyper, indent=2, sort_keys=True))
         mid = contract.model_id(source.id, data.id, params)
@@ -119,11 +120,18 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"planned model {args.expect_model_id} but these inputs give {mid}; "
                              "the source's params.json changed between resolve and train")
 
-        cmd, cwd = _train_command(source_dir, out_dir)
+        cmd, cwd = _train_command(source_dir, data_dir, out_dir)
         env_bin = _resolve_env_bin(source, args.venv_cache)
         env = _user_env(work, source_dir, data_dir, out_dir, params_file, hyper_file, mid, env_bin)
         print(f"training model {mid}: source {source.ref} data {data.ref} params {json.dumps(params, sort_keys=True)}",
               flush=True)
+        try:
+            cmd, pfs_note = sandbox.pfs_command(cmd, source_dir=source_dir, data_dir=data_dir, hyper=hyper_file,
+                                                out_dir=out_dir, cwd=cwd)
+        except sandbox.SandboxError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        if pfs_note:
+            print(pfs_note, flush=True)
         log_path = work / "train.log"
         started = time.time()
         code, tail = _run_streaming(cmd, cwd, env, log_path)
