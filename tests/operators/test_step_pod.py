@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pendulum
@@ -106,3 +107,51 @@ def test_kaniko_build_pod_builds_the_bundle_dockerfile_and_pushes_the_source_tag
     assert volumes["docker-config"].secret.secret_name == "trainyard-registry"
     assert volumes["workspace"].empty_dir is not None
     assert pod.metadata.labels["trainyard.io/step"] == "build"
+
+
+def _mapped_train(combination, **kwargs):
+    from operators.train import TrainStepOperator
+
+    with DAG("sweep", start_date=pendulum.datetime(2026, 1, 1), schedule=None):
+        return TrainStepOperator(task_id="train", source="mnist:325ad5966d9d", data="features:f3eec",
+                                 pipeline="train_pipeline", combination=combination, **kwargs)
+
+
+def test_sweep_train_pod_for_gpu_2_cpu_4_memory_16gi(k8s_env):
+    task = _mapped_train({"label": "kernel=poly,degree=3", "hyper": {"kernel": "poly", "degree": 3},
+                          "model_id": "325ad5966d9d_f3eecf11db7d:79b897106fa4"},
+                         cpu="4", memory="16Gi", gpu="2", timeout="3600")
+    pod = task.build_pod_request_obj(_context(task, map_index=7), dry_run=True)
+    base = pod.spec.containers[0]
+    assert base.resources.requests == {"cpu": "4", "memory": "16Gi"}
+    assert base.resources.limits == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}
+    assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert [(t.key, t.effect) for t in pod.spec.tolerations] == [("nvidia.com/gpu", "NoSchedule")]
+    assert pod.spec.active_deadline_seconds == 3600
+    assert task.startup_timeout_seconds >= 600  # time for a GPU node to be autoscaled in
+    labels = pod.metadata.labels
+    assert (labels["map_index"], labels["trainyard.io/step"]) == ("7", "train")
+    assert "manual__2026-11-22T10" in labels["run_id"]
+    sidecar = next(c for c in pod.spec.containers if c.name == "airflow-xcom-sidecar")
+    assert "nvidia.com/gpu" not in ((sidecar.resources.limits if sidecar.resources else None) or {})
+    # kaos bundles read /pfs/data and /pfs/hyper: the pod mounts /pfs and the step materializes inputs there
+    assert ("pfs", "/pfs") in [(m.name, m.mount_path) for m in base.volume_mounts]
+    assert {e.name: e.value for e in base.env}["TRAINYARD_PFS_ROOT"] == "/pfs"
+    assert base.args[base.args.index("--params") + 1] == '{"degree": 3, "kernel": "poly"}'
+    assert base.args[base.args.index("--label") + 1] == "kernel=poly,degree=3"
+
+
+def test_conf_values_in_a_combination_are_never_rendered_as_templates(k8s_env):
+    hostile = "{{ conn.trainyard_store.password }}"
+    task = _mapped_train({"label": f"note={hostile}", "hyper": {"note": hostile}, "model_id": "a_b:c"})
+    context = _context(task)
+    task.render_template_fields({**context, "task": task, "params": {}})
+    container = task.build_pod_request_obj(_context(task), dry_run=True).spec.containers[0]
+    assert container.args[container.args.index("--params") + 1] == json.dumps({"note": hostile})
+    assert container.args[container.args.index("--label") + 1] == f"note={hostile}"
+
+
+def test_a_bad_timeout_is_rejected_after_templating(k8s_env):
+    task = _train_task(timeout="ten minutes")
+    with pytest.raises(Exception, match="invalid timeout 'ten minutes'; give whole seconds"):
+        task.build_pod_request_obj(_context(task), dry_run=True)

@@ -55,9 +55,16 @@ def test_upload_only_is_idempotent_and_sends_no_bytes_the_second_time(tmp_path, 
         (lambda s, d: [p.unlink() for p in d.rglob("*.csv")], [], 2, "is empty; put the training data files"),
         (lambda s, d: None, ["--memory", "2GB"], 2, "invalid memory '2GB'.*2Gi"),
         (lambda s, d: None, ["--gpu", "-1"], 2, "cannot be negative"),
-        (lambda s, d: None, ["-h", "[1, 2]"], 1, "must be a JSON object"),
+        (lambda s, d: None, ["-h", "[1, 2]"], 2, "must be a JSON object of lists"),
+        (lambda s, d: None, ["-h", '{"C": 10}'], 2, r"'C' must be a list of values, e.g. \{\"C\": \[10\]\}"),
+        (lambda s, d: None, ["-h", '{"C": []}'], 2, "'C' has an empty list"),
+        (lambda s, d: None, ["-h", json.dumps({f"p{i}": list(range(10)) for i in range(4)})], 2,
+         "10000 combinations .* above the cap of 256"),
+        (lambda s, d: None, ["--metric", "accuracy:best"], 2, "invalid metric 'accuracy:best'"),
+        (lambda s, d: None, ["--timeout", "0"], 2, "--timeout must be at least 1"),
     ],
-    ids=["missing-train", "empty-data", "memory-2GB", "negative-gpu", "hyperparams-not-object"],
+    ids=["missing-train", "empty-data", "memory-2GB", "negative-gpu", "grid-not-object", "grid-scalar",
+         "grid-empty-list", "grid-10000", "bad-metric", "zero-timeout"],
 )
 def test_bad_deploys(seeded, bundles, capsys, breakage, extra, code, message):
     src, data = bundles
