@@ -63,9 +63,9 @@ def _json_arg(text: str, what: str) -> dict:
     try:
         value = json.loads(source or "{}")
     except ValueError as exc:
-        raise TrainyardError(f"{what} is not valid JSON ({exc}); pass a JSON object or a file holding one") from None
+        raise ConfigError(f"{what} is not valid JSON ({exc}); pass a JSON object or a file holding one") from None
     if not isinstance(value, dict):
-        raise TrainyardError(f"{what} must be a JSON object, e.g. '{{\"C\": 10}}'")
+        raise ConfigError(f"{what} must be a JSON object of lists, e.g. '{{\"C\": [1, 10]}}'")
     return value
 
 
