@@ -124,7 +124,7 @@ def test_the_kaos_incremental_story(airflow_db, tmp_path, capsys, mnist_copy):
     assert rows["model_id"] not in (first["model_id"], kernel["model_id"])
 
     grid = '{"kernel": ["linear", "poly", "rbf"], "C": [0.1, 10.0]}'
-    code, sweep = _deploy(capsys, uri, src, data, "-h", grid)
+    code, sweep = _deploy(capsys, uri, src, data, "-h", grid, "--cpu", "0.5", "--memory", "1Gi", "--timeout", "600")
     assert code == 0 and len(sweep["models"]) == 6
     info = _cli_json(capsys, "--store", uri, "info", "-i", "0", "-s", "accuracy_test")
     scores = [m["metrics"]["accuracy_test"] for m in info["models"]]
@@ -140,6 +140,12 @@ def test_the_kaos_incremental_story(airflow_db, tmp_path, capsys, mnist_copy):
     assert code == 0 and again["cached"] is True and again["uploaded"] == {"blobs": 0, "bytes": 0}
     store = open_store(uri)
     assert not list(store.backend.list(f"runs/train_pipeline/{again['run_id']}/trained/"))  # nothing trained
+    # resources given once are remembered by the pipeline until changed (kaos reset them on every deploy)
+    inputs = store.get_json(f"runs/train_pipeline/{again['run_id']}/_results.json")["parameters"]["inputs"]
+    assert (inputs["cpu"], inputs["memory"], inputs["timeout"]) == ("0.5", "1Gi", 600)
+    capsys.readouterr()
+    assert main(["--store", uri, "info", "-i", "0", "-s", "f1_score"]) == 2
+    assert "unknown metric 'f1_score'; available: accuracy_test, accuracy_training" in capsys.readouterr().err
     listed = _cli_json(capsys, "--store", uri, "list")
     assert [r["run_summary"]["cached"] for r in listed] == [True, False, False, False, False]
     versions = _cli_json(capsys, "--store", uri, "models", "mnist")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pendulum
 import pytest
 from airflow.sdk import DAG
@@ -30,3 +32,23 @@ def test_cpu_fallback_runs_the_rendered_command(tmp_path, monkeypatch):
     # The fallback lets the step start; the build step then fails on the missing repo, proving it really ran.
     with pytest.raises(Exception, match="exited with code 1.*repo 'nothing' has no commits|no branch"):
         _gpu_step(tmp_path).execute({})
+
+
+def test_a_step_past_its_timeout_is_stopped_with_its_children(tmp_path):
+    import os
+    import sys
+    import time
+
+    task = _gpu_step(tmp_path)
+    child_pid = tmp_path / "child.pid"
+    script = ("import subprocess, sys, time; "
+              f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"open({str(child_pid)!r}, 'w').write(str(p.pid)); print('started', flush=True); time.sleep(60)")
+    started = time.monotonic()
+    code, tail, timed_out = task._run([sys.executable, "-c", script], str(tmp_path), dict(os.environ), 2)
+    assert timed_out == 2 and time.monotonic() - started < 20
+    assert tail == ["started"] and code != 0
+    status = Path(f"/proc/{int(child_pid.read_text())}/status")
+    time.sleep(0.2)
+    # the whole process group went, not just the step's own process (a zombie awaiting its reaper is gone too)
+    assert not status.exists() or "State:\tZ" in status.read_text()
