@@ -5,4 +5,4 @@ from operators.hooks import StoreHook
 from operators.resolve import ResolveInputsOperator
 from operators.step import StepFailed, TrainyardStepOperator
 
-__all__ = ["KanikoBuildOperator", "build_step", "ResolveInputsOperator", "StepFailed", "StoreHook", "TrainyardStepOperator"]
+__all__ = ["KanikoBuildOperator", "ResolveInputsOperator", "StepFailed", "StoreHook", "TrainyardStepOperator", "build_step"]

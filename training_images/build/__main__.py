@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from training_images.environments import ensure_venv
 from trainyard import config
 from trainyard.contract import REQUIREMENTS_FILE, requirements_sha, store_from_env, write_result
 from trainyard.store import parse_ref
-from training_images.environments import ensure_venv
 
 
 def main(argv: list[str] | None = None) -> int:

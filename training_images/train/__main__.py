@@ -12,12 +12,12 @@ import time
 from collections import deque
 from pathlib import Path
 
+from training_images import aicenter, sandbox
+from training_images.environments import READY_MARKER, venv_dir
 from trainyard import config, contract, runs
 from trainyard.bundles import PARAMS_FILES
 from trainyard.store import parse_ref
 from trainyard.store.versioned import Commit
-from training_images import aicenter, sandbox
-from training_images.environments import READY_MARKER, venv_dir
 
 # Env vars the user's code never needs; keeping store credentials out of its reach keeps them out of its logs.
 _PRIVATE_ENV_PREFIXES = ("AWS_", "TRAINYARD_STORE", "AIRFLOW_CONN_", "AIRFLOW__")
