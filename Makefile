@@ -32,6 +32,8 @@ test: $(VENV)/.installed
 bench: setup
 	$(PY) bench/upload
 	$(PY) bench/pipeline
+	$(PY) bench/cache
+	$(PY) bench/sweep
 
 clean:
 	rm -rf $(AIRFLOW_HOME) .pytest_cache

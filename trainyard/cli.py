@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import sys
@@ -526,5 +527,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entrypoint() -> None:
+    """The console script. After an in-process pipeline run, exit without tearing down Airflow's objects.
+
+    Interpreter teardown after `dag.test()` takes about 1.5 s of garbage collection and finalizers; everything the
+    run wrote is already closed and committed, so the process flushes its output and ends at once.
+    """
+    code = main()
+    if "airflow" in sys.modules:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entrypoint()
