@@ -232,3 +232,12 @@ def test_the_ai_center_template_produces_results_and_artifacts(airflow_db, tmp_p
     assert main(["--store", uri, "get", "--model", model["model_id"], "-o", str(out)]) == 0
     assert (out / "model/train.py").is_file() and (out / artifacts[0]).is_file()  # the package + what save() wrote
     assert (out / "metrics/metrics.json").is_file() and (out / "lineage.json").is_file()
+    capsys.readouterr()
+    assert main(["--store", uri, "lineage", model["model_id"][:20], "--dot"]) == 0
+    dot = capsys.readouterr().out
+    source = results["parameters"]["inputs"]["source"].split(":")[1]
+    assert dot.startswith("digraph lineage {") and dot.rstrip().endswith("}")
+    assert f"source aicenter-sample:{source[:12]}" in dot and '"source" -> "model";' in dot
+    assert '"model" -> "v1.0";' in dot and f"airflow run {run['run_id']}" in dot
+    assert main(["--store", uri, "models", "nope"]) == 3
+    assert "no registered model named 'nope'; registered: aicenter-sample" in capsys.readouterr().err
