@@ -41,6 +41,10 @@ class Settings:
     parallelism: str = "4"
     # Where the local runner keeps one lock file per GPU, so concurrent tasks get distinct devices.
     gpu_lock_dir: str = "/tmp/trainyard-gpu-locks"
+    # Archives in data bundles are unpacked by the train step within these caps (zip bombs, member floods).
+    max_unpacked_size: str = "8Gi"
+    max_archive_members: str = "100000"
+    max_compression_ratio: str = "200"
 
     @property
     def combination_cap(self) -> int:
