@@ -5,16 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.sdk.exceptions import AirflowSkipException
 from kubernetes.client import models as k8s
 
-from operators.step import TrainyardStepOperator
+from operators.step import OPTION_FIELDS, StepOptionsMixin, TrainyardStepOperator
 from trainyard import config, contract
 
 WORKSPACE = "/workspace"
 
 
-class KanikoBuildOperator(KubernetesPodOperator):
+class KanikoBuildOperator(StepOptionsMixin, KubernetesPodOperator):
     """
     Build the source bundle's Dockerfile with Kaniko and push it.
 
@@ -23,19 +22,24 @@ class KanikoBuildOperator(KubernetesPodOperator):
 
     :param source: source commit as repo:id (templated)
     :param destination: image tag to push (templated), usually `<registry>/<name>:<src-hash>`
-    :param skip_reason: when it renders non-empty, the build is skipped with that reason (templated)
+    Resources, cache (Kaniko's layer cache), timeout and skip_reason are the step options every trainyard pod step
+    takes (see StepOptionsMixin).
     """
 
-    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "source", "destination", "skip_reason")
+    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "source", "destination",
+                                      *OPTION_FIELDS)
     # KubernetesPodOperator does not template init containers; these are rendered in render_template_fields.
     init_container_template_fields: Sequence[str] = ("args",)
 
     def __init__(self, *, source: str, destination: str, registry_secret: str = "trainyard-registry",
-                 skip_reason: str = "", **kwargs) -> None:
+                 cpu: str | None = None, memory: str | None = None, cpu_limit: str | None = None,
+                 memory_limit: str | None = None, cache: bool | str | None = None, timeout: int | str | None = None,
+                 skip_reason: str = "", labels: dict[str, str] | None = None, **kwargs) -> None:
         settings = config.load().validate()
+        self._init_options(settings, cpu=cpu, memory=memory, cpu_limit=cpu_limit, memory_limit=memory_limit,
+                           timeout=timeout, skip_reason=skip_reason, cache=cache)
         self.source = source
         self.destination = destination
-        self.skip_reason = skip_reason
         workspace = k8s.V1VolumeMount(name="workspace", mount_path=WORKSPACE)
         docker_config = k8s.V1VolumeMount(name="docker-config", mount_path="/kaniko/.docker", read_only=True)
         fetch = k8s.V1Container(
@@ -51,25 +55,33 @@ class KanikoBuildOperator(KubernetesPodOperator):
         kwargs.setdefault("namespace", settings.namespace)
         kwargs.setdefault("on_finish_action", "delete_pod")
         kwargs.setdefault("get_logs", True)
+        kwargs.setdefault("retries", int(settings.default_retries))
         super().__init__(
             image=settings.kaniko_image,
             cmds=["/kaniko/executor"],
             arguments=[f"--context=dir://{WORKSPACE}", f"--dockerfile={WORKSPACE}/Dockerfile",
-                       f"--destination={destination}", "--cache=true", "--skip-unused-stages"],
+                       f"--destination={destination}", "--skip-unused-stages"],
             init_containers=[fetch],
             volumes=[k8s.V1Volume(name="workspace", empty_dir=k8s.V1EmptyDirVolumeSource()),
                      k8s.V1Volume(name="docker-config", secret=k8s.V1SecretVolumeSource(
                          secret_name=registry_secret, items=[k8s.V1KeyToPath(key=".dockerconfigjson",
                                                                              path="config.json")]))],
             volume_mounts=[workspace, docker_config],
-            labels={"trainyard.io/step": "build"},
+            labels={"trainyard.io/step": "build", **(labels or {})},
             do_xcom_push=False,
             **kwargs,
         )
+        self.remember_scheduling()
+
+    def build_pod_request_obj(self, context=None, *, dry_run: bool = False) -> k8s.V1Pod:
+        self.apply_options()
+        pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        # After templating, because `cache` may be a run param.
+        pod.spec.containers[0].args = [*pod.spec.containers[0].args, f"--cache={str(self.use_cache()).lower()}"]
+        return pod
 
     def execute(self, context):
-        if str(self.skip_reason or "").strip():
-            raise AirflowSkipException(str(self.skip_reason).strip())
+        self.check_options()
         return super().execute(context)
 
     def render_template_fields(self, context, jinja_env=None) -> None:

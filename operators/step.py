@@ -22,7 +22,7 @@ from operators.gpus import gpu_lease, local_gpus
 from operators.hooks import StoreHook
 from trainyard import config, contract
 from trainyard.errors import ConfigError, ResourceError
-from trainyard.resources import Resources
+from trainyard.resources import Resources, cpu_cores, memory_bytes
 
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -48,7 +48,101 @@ def local_gpu_count() -> int:
     return len(local_gpus())
 
 
-class TrainyardStepOperator(KubernetesPodOperator):
+OPTION_FIELDS: tuple[str, ...] = ("cpu", "memory", "cpu_limit", "memory_limit", "gpu", "timeout", "skip_reason",
+                                   "cache")
+
+
+class StepOptionsMixin:
+    """
+    Per-step options every trainyard pod step accepts, with defaults from `[trainyard]` settings.
+
+    Values may be templates (run params, XCom), so they are validated again after templating, when the pod is
+    built, and applied to the pod there.
+    """
+
+    settings: config.Settings
+    task_id: str
+
+    def _init_options(self, settings: config.Settings, *, cpu=None, memory=None, cpu_limit=None,
+                      memory_limit=None, gpu: int | str = 0, timeout=None, skip_reason: str = "",
+                      cache: bool | str | None = None) -> None:
+        self.settings = settings
+        self.cpu = cpu or settings.default_cpu
+        self.memory = memory or settings.default_memory
+        self.cpu_limit = cpu_limit
+        self.memory_limit = memory_limit
+        self.gpu = gpu
+        self.timeout = timeout
+        self.skip_reason = skip_reason
+        self.cache = settings.flag("default_cache") if cache is None else cache
+
+    def resource_request(self) -> Resources:
+        """Validate the (rendered) cpu/memory/gpu request against the configured maxima."""
+        return self._resources(self.cpu, self.memory)
+
+    def resource_limit(self) -> Resources:
+        """The limits: the request unless declared; a limit below the request is a clear error."""
+        request = self.resource_request()
+        limit = self._resources(self.cpu_limit or request.cpu, self.memory_limit or request.memory)
+        if cpu_cores(limit.cpu) < cpu_cores(request.cpu) or memory_bytes(limit.memory) < memory_bytes(request.memory):
+            raise AirflowException(
+                f"step {self.task_id!r}: the request (cpu {request.cpu}, memory {request.memory}) is above its limit "
+                f"(cpu {limit.cpu}, memory {limit.memory}); raise the step's limit or ask for less")
+        return limit
+
+    def _resources(self, cpu, memory) -> Resources:
+        try:
+            return Resources.parse(cpu, memory, self.gpu, max_cpu=self.settings.max_cpu,
+                                   max_memory=self.settings.max_memory, max_gpu=self.settings.max_gpu)
+        except ResourceError as exc:
+            raise AirflowException(f"step {self.task_id!r}: {exc}") from None
+
+    def use_cache(self) -> bool:
+        value = str(self.cache).strip().lower()
+        if value not in ("true", "false", "1", "0", "yes", "no"):
+            raise AirflowException(f"step {self.task_id!r}: cache must be true or false, got {self.cache!r}")
+        return value in ("true", "1", "yes")
+
+    def timeout_seconds(self) -> int | None:
+        text = str(self.timeout if self.timeout is not None else "").strip()
+        if text in ("", "None", "0"):
+            return None
+        if not text.isdigit():
+            raise AirflowException(f"step {self.task_id!r}: invalid timeout {self.timeout!r}; give whole seconds")
+        return int(text)
+
+    def check_options(self) -> None:
+        """Validate every option after templating; raise AirflowSkipException if the step should not run."""
+        if str(self.skip_reason or "").strip():
+            raise AirflowSkipException(str(self.skip_reason).strip())
+        self.resource_limit()
+        self.timeout_seconds()
+        self.use_cache()
+
+    def apply_options(self) -> None:
+        """Set resources, GPU scheduling and the deadline on this operator before its pod is built."""
+        res, limit = self.resource_request(), self.resource_limit()
+        self.active_deadline_seconds = self.timeout_seconds()
+        limits = {"cpu": limit.cpu, "memory": limit.memory}
+        if res.gpu:
+            limits[GPU_RESOURCE] = str(res.gpu)
+        self.container_resources = k8s.V1ResourceRequirements(
+            requests={"cpu": res.cpu, "memory": res.memory}, limits=limits)
+        self.node_selector = dict(self._base_node_selector)
+        self.tolerations = list(self._base_tolerations)
+        if res.gpu:
+            key, _, value = self.settings.gpu_node_selector.partition("=")
+            self.node_selector[key] = value
+            self.tolerations.append(k8s.V1Toleration(key=self.settings.gpu_toleration, operator="Exists",
+                                                     effect="NoSchedule"))
+
+    def remember_scheduling(self) -> None:
+        """Keep the declared selector and tolerations; GPU scheduling is added per pod on top of them."""
+        self._base_node_selector = dict(self.node_selector or {})
+        self._base_tolerations = list(self.tolerations or [])
+
+
+class TrainyardStepOperator(StepOptionsMixin, KubernetesPodOperator):
     """
     Run `python -m training_images.<step>` with the step contract's env.
 
@@ -57,9 +151,13 @@ class TrainyardStepOperator(KubernetesPodOperator):
 
     :param step: name of the entrypoint under training_images/
     :param arguments: argv items (templated); each stays one argv item, never a shell string
-    :param cpu: cores (templated), e.g. "0.5" or "500m"
-    :param memory: Kubernetes quantity (templated), e.g. "2Gi"
-    :param gpu: number of GPUs (templated)
+    :param cpu: cores requested (templated), e.g. "0.5" or "500m"; default `[trainyard] default_cpu`
+    :param memory: memory requested (templated), a Kubernetes quantity such as "2Gi"; default `default_memory`
+    :param cpu_limit: cores limit (templated); default the request
+    :param memory_limit: memory limit (templated); default the request
+    :param gpu: number of GPUs (templated), set as the `nvidia.com/gpu` limit
+    :param cache: whether the step may reuse earlier results (templated; the build reuses its environment, the
+        planner reuses trained models); default `[trainyard] default_cache`
     :param timeout: seconds the step may run (templated; empty for none): the pod's active_deadline_seconds on
         Kubernetes, a kill of the process locally
     :param skip_reason: when it renders non-empty, the step is skipped with that reason (templated)
@@ -67,11 +165,11 @@ class TrainyardStepOperator(KubernetesPodOperator):
         must never be rendered as Jinja
     """
 
-    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "cpu", "memory", "gpu", "timeout",
-                                      "skip_reason")
+    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, *OPTION_FIELDS)
 
     def __init__(self, *, step: str, arguments: Sequence[str] = (), cpu: str | None = None,
-                 memory: str | None = None, gpu: int | str = 0, timeout: int | str | None = None,
+                 memory: str | None = None, cpu_limit: str | None = None, memory_limit: str | None = None,
+                 gpu: int | str = 0, cache: bool | str | None = None, timeout: int | str | None = None,
                  skip_reason: str = "", literal_arguments: Sequence[str] = (), runner: str | None = None,
                  store_uri: str | None = None, labels: dict[str, str] | None = None,
                  env_vars: dict[str, str] | None = None, **kwargs) -> None:
@@ -80,15 +178,11 @@ class TrainyardStepOperator(KubernetesPodOperator):
             settings.validate()
         except ConfigError as exc:
             raise StepConfigError(f"step {kwargs.get('task_id', step)!r}: {exc}") from None
-        self.settings = settings
+        self._init_options(settings, cpu=cpu, memory=memory, cpu_limit=cpu_limit, memory_limit=memory_limit, gpu=gpu,
+                           timeout=timeout, skip_reason=skip_reason, cache=cache)
         self.step = step
         self.runner = settings.runner
         self.store_uri = settings.store
-        self.cpu = cpu or settings.default_cpu
-        self.memory = memory or settings.default_memory
-        self.gpu = gpu
-        self.timeout = timeout
-        self.skip_reason = skip_reason
         self.literal_arguments = list(literal_arguments)
         env = {
             contract.STORE_ENV: settings.store,
@@ -113,45 +207,19 @@ class TrainyardStepOperator(KubernetesPodOperator):
         kwargs.setdefault("on_finish_action", "delete_pod")
         # GPU nodes often come from an autoscaler; give them time to appear before calling the pod failed.
         kwargs.setdefault("startup_timeout_seconds", 900)
+        kwargs.setdefault("retries", int(settings.default_retries))
         super().__init__(arguments=list(arguments), labels={"trainyard.io/step": step, **(labels or {})},
                          env_vars=env, secrets=[*secrets, *kwargs.pop("secrets", [])], **kwargs)
-        self._base_node_selector = dict(self.node_selector or {})
-        self._base_tolerations = list(self.tolerations or [])
-
-    def resource_request(self) -> Resources:
-        """Validate the (rendered) cpu/memory/gpu request against the configured maxima."""
-        try:
-            return Resources.parse(self.cpu, self.memory, self.gpu, max_cpu=self.settings.max_cpu,
-                                   max_memory=self.settings.max_memory, max_gpu=self.settings.max_gpu)
-        except ResourceError as exc:
-            raise AirflowException(f"step {self.task_id!r}: {exc}") from None
-
-    def timeout_seconds(self) -> int | None:
-        text = str(self.timeout if self.timeout is not None else "").strip()
-        if text in ("", "None", "0"):
-            return None
-        if not text.isdigit():
-            raise AirflowException(f"step {self.task_id!r}: invalid timeout {self.timeout!r}; give whole seconds")
-        return int(text)
+        self.remember_scheduling()
 
     def build_pod_request_obj(self, context=None, *, dry_run: bool = False) -> k8s.V1Pod:
-        res = self.resource_request()
-        self.active_deadline_seconds = self.timeout_seconds()
-        limits = {"cpu": res.cpu, "memory": res.memory}
-        if res.gpu:
-            limits[GPU_RESOURCE] = str(res.gpu)
-        self.container_resources = k8s.V1ResourceRequirements(
-            requests={"cpu": res.cpu, "memory": res.memory}, limits=limits)
-        self.node_selector = dict(self._base_node_selector)
-        self.tolerations = list(self._base_tolerations)
-        if res.gpu:
-            key, _, value = self.settings.gpu_node_selector.partition("=")
-            self.node_selector[key] = value
-            self.tolerations.append(k8s.V1Toleration(key=self.settings.gpu_toleration, operator="Exists",
-                                                     effect="NoSchedule"))
+        self.apply_options()
         pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        container = pod.spec.containers[0]
+        # Set after templating: `cache` may itself be a template (a run param).
+        container.env = [*(container.env or []),
+                         k8s.V1EnvVar(name="TRAINYARD_CACHE", value="true" if self.use_cache() else "false")]
         if self.literal_arguments:
-            container = pod.spec.containers[0]
             container.args = [*(container.args or []), *self.literal_arguments]
         return pod
 
@@ -160,10 +228,7 @@ class TrainyardStepOperator(KubernetesPodOperator):
         return StoreHook(store_uri=self.store_uri)
 
     def execute(self, context):
-        if str(self.skip_reason or "").strip():
-            raise AirflowSkipException(str(self.skip_reason).strip())
-        self.resource_request()
-        self.timeout_seconds()
+        self.check_options()
         if self.runner == "kubernetes":
             return super().execute(context)
         return self._execute_locally(context)

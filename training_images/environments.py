@@ -28,25 +28,38 @@ def _inherit_runner_packages(target: Path) -> None:
     (inner / "_trainyard_runner.pth").write_text("\n".join(site.getsitepackages()) + "\n")
 
 
-def ensure_venv(cache: str | Path, req_sha: str, requirements: bytes | None, log=print) -> tuple[Path, bool]:
-    """Return (venv dir, reused); builds once per requirements hash, safely across concurrent builds."""
+def _install(target: Path, requirements: bytes | None) -> None:
+    if requirements and requirements.strip():
+        req_file = target / "requirements.txt"
+        req_file.write_bytes(requirements)
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(target / "bin" / "python"), "install",
+                        "--disable-pip-version-check", "-r", str(req_file)], check=True)
+
+
+def ensure_venv(cache: str | Path, req_sha: str, requirements: bytes | None, log=print,
+                reuse: bool = True) -> tuple[Path, bool]:
+    """Return (venv dir, reused); builds once per requirements hash, safely across concurrent builds.
+
+    With reuse=False an existing environment is not trusted blindly: its requirements are installed again (pip
+    re-checks each one). It is not deleted, because a concurrent training may be running in it.
+    """
     target = venv_dir(cache, req_sha)
-    if (target / READY_MARKER).exists():
+    if reuse and (target / READY_MARKER).exists():
         return target, True
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(str(target) + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / READY_MARKER).exists():
-            return target, True
+            if reuse:
+                return target, True
+            log(f"cache off: reinstalling the requirements of {target}")
+            _install(target, requirements)
+            return target, False
         log(f"building virtualenv {target} (requirements sha256 {req_sha[:12]})")
         # --system-site-packages lets bundles reuse what the runner already has instead of downloading it again.
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(target)],
                        check=True)
         _inherit_runner_packages(target)
-        if requirements and requirements.strip():
-            req_file = target / "requirements.txt"
-            req_file.write_bytes(requirements)
-            subprocess.run([sys.executable, "-m", "pip", "--python", str(target / "bin" / "python"), "install",
-                            "--disable-pip-version-check", "-r", str(req_file)], check=True)
+        _install(target, requirements)
         (target / READY_MARKER).write_text(req_sha)
         return target, False

@@ -35,6 +35,9 @@ class Settings:
     max_memory: str = "512Gi"
     max_gpu: str = "8"
     allow_cpu_fallback: str = "false"
+    # Step defaults when a DAG does not declare its own: retries, and whether steps may reuse earlier results.
+    default_retries: str = "1"
+    default_cache: str = "true"
     # Sweeps: the most combinations one grid may expand to (never above Airflow's [core] max_map_length), and how
     # many mapped train tasks of one run may run at once (max_active_tis_per_dagrun, fixed when the DAG is parsed).
     max_combinations: str = "256"
@@ -67,7 +70,7 @@ class Settings:
             raise ConfigError(
                 f"unsupported store URI {self.store!r}; use file:///path or s3://bucket/prefix"
             )
-        for name in ("max_combinations", "parallelism"):
+        for name in ("max_combinations", "parallelism", "max_archive_members"):
             value = getattr(self, name)
             if not value.isdigit() or int(value) < 1:
                 raise ConfigError(f"[trainyard] {name} = {value!r} must be a whole number >= 1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from training_images.environments import ensure_venv
@@ -23,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     entry = commit.manifest.get(REQUIREMENTS_FILE)
     requirements = store.get_blob_bytes(entry["sha256"]) if entry else None
     req_sha = requirements_sha(commit.manifest)
-    target, reused = ensure_venv(args.venv_cache, req_sha, requirements, log=lambda m: print(m, flush=True))
+    reuse = os.environ.get("TRAINYARD_CACHE", "true") != "false"
+    target, reused = ensure_venv(args.venv_cache, req_sha, requirements, log=lambda m: print(m, flush=True),
+                                 reuse=reuse)
     print(f"environment {'reused' if reused else 'built'}: {target}", flush=True)
     write_result({"env": f"venv:{req_sha[:16]}", "requirements_sha256": req_sha, "reused": reused,
                   "source": commit.id})
