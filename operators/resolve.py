@@ -26,9 +26,14 @@ class PlanError(AirflowException):
     """The run's inputs or options are invalid; nothing was trained or stored."""
 
 
-def conf_json(names: Sequence[str] = OPTIONS) -> str:
-    """A template that renders the named run params as one JSON object (so None and booleans survive)."""
-    return "{{ {" + ", ".join(f"'{n}': params.{n}" for n in names) + "} | tojson }}"
+def conf_json(names: Sequence[str] = OPTIONS, declared: Sequence[str] = ()) -> str:
+    """A template that renders the named run params as one JSON object (so None and booleans survive).
+
+    `declared` hyperparameters (typed run params of their own) are gathered under the key "declared".
+    """
+    items = [f"'{n}': params.{n}" for n in names]
+    items.append("'declared': {" + ", ".join(f"'{n}': params.{n}" for n in declared) + "}")
+    return "{{ {" + ", ".join(items) + "} | tojson }}"
 
 
 def base_params(store: Store, source: Commit) -> dict:
@@ -50,14 +55,21 @@ class ResolveInputsOperator(BaseOperator):
     The plan goes to the store (the register step reads it), its summary to the XCom `plan`, and the combinations
     to train are the return value, which the train step maps over.
 
-    :param options: JSON object of the run's options (templated), see `OPTIONS`
+    :param options: JSON object of the run's options (templated), see `OPTIONS`, plus "declared": the values of
+        hyperparameters the DAG declares as run params; each becomes a one-value grid entry unless the grid sweeps it
+    :param default_resources: the pipeline's own cpu/memory defaults, used when neither the run nor the pipeline's
+        memory gives one (before `[trainyard]` defaults)
+    :param cache: whether the train step may reuse models already trained (templated); false retrains every run
     """
 
-    template_fields: Sequence[str] = ("source", "source_ref", "data", "data_ref", "options")
+    template_fields: Sequence[str] = ("source", "source_ref", "data", "data_ref", "options", "cache")
 
     def __init__(self, *, source: str, data: str, source_ref: str = "latest", data_ref: str = "latest",
-                 options: str = "{}", store_uri: str | None = None, **kwargs) -> None:
+                 options: str = "{}", default_resources: dict[str, str] | None = None, cache: bool | str = True,
+                 store_uri: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.default_resources = dict(default_resources or {})
+        self.cache = cache
         self.source = source
         self.source_ref = source_ref
         self.data = data
@@ -74,7 +86,7 @@ class ResolveInputsOperator(BaseOperator):
             options = json.loads(self.options) if isinstance(self.options, str) else dict(self.options)
         except ValueError as exc:
             raise PlanError(f"run options are not valid JSON: {exc}") from None
-        unknown = set(options) - set(OPTIONS)
+        unknown = set(options) - {*OPTIONS, "declared"}
         if unknown:
             raise PlanError(f"unknown run option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTIONS)}")
         return options
@@ -85,8 +97,13 @@ class ResolveInputsOperator(BaseOperator):
         settings = config.load(store=self.store_uri)
         store = self.hook.get_conn()
         pipeline, run_id = context["dag"].dag_id, context["run_id"]
+        grid = dict(options.get("hyperparams") or {})
+        for name, value in (options.get("declared") or {}).items():
+            if value is not None and name not in grid:
+                grid[name] = [value]
+        no_cache = bool(options.get("no_cache")) or str(self.cache).strip().lower() in ("false", "0", "no")
         try:
-            combos = expand_grid(options.get("hyperparams") or {}, cap=settings.combination_cap)
+            combos = expand_grid(grid, cap=settings.combination_cap)
             if options.get("metric"):
                 parse_spec(options["metric"])
             source = store.resolve(self.source, self.source_ref)
@@ -94,8 +111,9 @@ class ResolveInputsOperator(BaseOperator):
             kept = runs.remembered_settings(store, pipeline, source.repo)
             given = {k: options.get(k) for k in runs.REMEMBERED}
             chosen = {k: given[k] if given[k] is not None else kept.get(k) for k in runs.REMEMBERED}
-            resources = Resources.parse(chosen["cpu"] or settings.default_cpu,
-                                        chosen["memory"] or settings.default_memory, chosen["gpu"] or 0,
+            resources = Resources.parse(chosen["cpu"] or self.default_resources.get("cpu") or settings.default_cpu,
+                                        chosen["memory"] or self.default_resources.get("memory")
+                                        or settings.default_memory, chosen["gpu"] or 0,
                                         max_cpu=settings.max_cpu, max_memory=settings.max_memory,
                                         max_gpu=settings.max_gpu)
             timeout = int(chosen["timeout"]) if chosen["timeout"] else None
@@ -114,7 +132,7 @@ class ResolveInputsOperator(BaseOperator):
             merged = {**params, **hyper}
             mid = contract.model_id(source.id, data.id, merged)
             label = combination_label(hyper)
-            cached = not options.get("no_cache") and store.exists(contract.model_key(mid))
+            cached = not no_cache and store.exists(contract.model_key(mid))
             planned.append({"index": index, "label": label, "hyper": hyper, "params": merged, "model_id": mid,
                             "cached": cached})
             if cached:
@@ -129,8 +147,8 @@ class ResolveInputsOperator(BaseOperator):
             "source": f"{source.repo}:{source.id}", "data": f"{data.repo}:{data.id}", "name": source.repo,
             "image": f"{settings.registry}/{source.repo}:{source.id[:12]}",
             "resources": {"cpu": resources.cpu, "memory": resources.memory, "gpu": resources.gpu},
-            "timeout": timeout, "metric": chosen["metric"], "grid": options.get("hyperparams") or {},
-            "no_cache": bool(options.get("no_cache")), "major": bool(options.get("major")),
+            "timeout": timeout, "metric": chosen["metric"], "grid": grid,
+            "no_cache": no_cache, "major": bool(options.get("major")),
             "save_training_data": bool(options.get("save_training_data")),
             "runner": settings.runner, "combinations": planned,
         }

@@ -17,7 +17,7 @@ def dagbag():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "train_pipeline" in dagbag.dag_ids
+    assert {"train_pipeline", "lstm_pipeline"} <= set(dagbag.dag_ids)
 
 
 def test_every_dag_follows_project_rules(dagbag):

@@ -1,0 +1,116 @@
+"""The training pipeline's wiring, shared by the DAG files: resolve -> build -> train (mapped) -> register."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, Param
+
+from operators.build import build_step
+from operators.resolve import OPTIONS, ResolveInputsOperator, conf_json
+from operators.step import TrainyardStepOperator
+from operators.train import train_step
+from trainyard.metrics import SPEC_PATTERN
+from trainyard.resources import CPU_PATTERN, MEMORY_PATTERN
+
+REPO = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+REF = r"^(latest|[a-z0-9][a-z0-9._-]{0,62}|[0-9a-f]{5,64})$"
+PLAN = "ti.xcom_pull(task_ids='resolve', key='plan')"
+SCALAR = {"type": ["string", "number", "integer", "boolean", "null"]}
+# Options a DAG may declare for its pod steps (build, train, register); anything else is a mistake.
+STEP_OPTIONS = ("cpu", "memory", "cpu_limit", "memory_limit", "cache", "labels", "retries")
+
+PIPELINE_DOC = """
+`hyperparams` is a grid: every value is a list, and training is mapped over its cartesian product (one task per
+combination, labelled like `kernel=poly`). Models already trained from the same source, data and params are cache
+hits and are not trained again unless `no_cache` is set. `cpu`, `memory`, `gpu`, `timeout` and `metric` left empty
+use what this pipeline remembered from its last run for the same source, then the DAG's or `[trainyard]` defaults.
+Every input is a Param, so the web UI's trigger form works. Conf never chooses the image, namespace or volumes,
+and reaches steps as separate argv items, never through a shell or a template.
+"""
+
+
+class PipelineDeclarationError(ValueError):
+    """A DAG file declared pipeline options that cannot work; raised when the DAG is parsed."""
+
+
+def _run_params(source: str, data: str, hyperparameters: dict[str, Param]) -> dict[str, Param]:
+    params = {
+        "source": Param(source, type="string", pattern=REPO, description="source repo (the bundle's name)"),
+        "source_ref": Param("latest", type="string", pattern=REF, description="'latest' or a commit short id"),
+        "data": Param(data, type="string", pattern=REPO, description="data repo"),
+        "data_ref": Param("latest", type="string", pattern=REF, description="'latest' or a commit short id"),
+        "hyperparams": Param({}, type="object", additionalProperties={"type": "array", "minItems": 1, "items": SCALAR},
+                             description="grid: each hyperparameter is a list of values, merged over params.json"),
+        "metric": Param(None, type=["null", "string"], pattern=SPEC_PATTERN,
+                        description="metric that picks the best model, e.g. accuracy_test:max or loss:min"),
+        "cpu": Param(None, type=["null", "string"], pattern=CPU_PATTERN,
+                     description="CPU cores per training task (0.5, 2, 500m); empty: remembered"),
+        "memory": Param(None, type=["null", "string"], pattern=MEMORY_PATTERN,
+                        description="memory per training task (512Mi, 2Gi, 1G); empty: remembered"),
+        "gpu": Param(None, type=["null", "integer"], minimum=0, maximum=64,
+                     description="GPUs per training task; empty: remembered"),
+        "timeout": Param(None, type=["null", "integer"], minimum=1,
+                         description="seconds a training task may run; empty: remembered or none"),
+        "no_cache": Param(False, type="boolean", description="train again even if the model already exists"),
+        "major": Param(False, type="boolean", description="register as a new major version (2.0) not 1.x"),
+        "save_training_data": Param(False, type="boolean",
+                                    description="record the exact input commits with the run (no copy)"),
+    }
+    clash = set(hyperparameters) & set(params)
+    if clash:
+        raise PipelineDeclarationError(f"hyperparameter(s) {', '.join(sorted(clash))} clash with run options; "
+                                       "rename them")
+    return {**params, **hyperparameters}
+
+
+def training_pipeline(dag_id: str, *, doc_md: str, description: str, tags: list[str], source: str = "mnist",
+                      data: str = "features", hyperparameters: dict[str, Param] | None = None,
+                      step_options: dict[str, Any] | None = None, schedule=None) -> DAG:
+    """
+    Build a training pipeline DAG.
+
+    :param hyperparameters: hyperparameters declared as run params (typed, validated by the trigger form); a value
+        given for one becomes a one-value grid entry unless `hyperparams` already sweeps it
+    :param step_options: defaults for every pod step: cpu/memory requests and limits, cache, labels, retries
+    """
+    hyperparameters = dict(hyperparameters or {})
+    options = dict(step_options or {})
+    unknown = set(options) - set(STEP_OPTIONS)
+    if unknown:
+        raise PipelineDeclarationError(f"{dag_id}: unknown step option(s) {', '.join(sorted(unknown))}; "
+                                       f"known: {', '.join(STEP_OPTIONS)}")
+    limits = {k: options[k] for k in ("cpu_limit", "memory_limit") if k in options}
+    shared = {k: options[k] for k in ("cache", "labels", "retries") if k in options}
+    defaults = {k: options[k] for k in ("cpu", "memory") if k in options}
+
+    with DAG(
+        dag_id=dag_id, description=description, doc_md=doc_md + PIPELINE_DOC, schedule=schedule,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, tags=tags,
+        default_args={"retries": options.get("retries", 1), "retry_delay": pendulum.duration(seconds=5)},
+        params=_run_params(source, data, hyperparameters),
+    ) as dag:
+        resolve = ResolveInputsOperator(
+            task_id="resolve",
+            source="{{ params.source }}", source_ref="{{ params.source_ref }}",
+            data="{{ params.data }}", data_ref="{{ params.data_ref }}",
+            options=conf_json(OPTIONS, declared=list(hyperparameters)), default_resources=defaults,
+            cache=options.get("cache", True),
+        )
+        build = build_step(task_id="build", source=f"{{{{ {PLAN}['source'] }}}}", image=f"{{{{ {PLAN}['image'] }}}}",
+                           skip_reason=f"{{{{ '' if {PLAN}['to_train'] else 'every model is cached: nothing to build' }}}}",
+                           **defaults, **limits, **shared)
+        train = train_step(
+            task_id="train",
+            source=f"{{{{ {PLAN}['source'] }}}}", data=f"{{{{ {PLAN}['data'] }}}}", image=f"{{{{ {PLAN}['image'] }}}}",
+            cpu=f"{{{{ {PLAN}['resources']['cpu'] }}}}", memory=f"{{{{ {PLAN}['resources']['memory'] }}}}",
+            gpu=f"{{{{ {PLAN}['resources']['gpu'] }}}}", timeout=f"{{{{ {PLAN}['timeout'] or '' }}}}",
+            combinations=resolve.output, **limits, **shared,
+        )
+        # all_done: one failed combination must not stop the others from being registered and reported.
+        register = TrainyardStepOperator(task_id="register", step="register", trigger_rule="all_done",
+                                         arguments=["--pipeline", "{{ dag.dag_id }}"],
+                                         **{"cpu": "0.25", "memory": "256Mi", **defaults, **limits, **shared})
+        resolve >> build >> train >> register
+    return dag
