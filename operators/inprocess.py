@@ -6,9 +6,9 @@ import logging
 import os
 from pathlib import Path
 
+from operators.hooks import StoreHook
 from trainyard import config, runs
 from trainyard.errors import StepError
-from trainyard.store import open_store
 
 DAGS_DIR = Path(__file__).resolve().parents[1] / "dags"
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def run_pipeline(dag_id: str, conf: dict, *, quiet: bool = False, store_uri: str
             else:
                 os.environ[name] = value
     state = str(getattr(dag_run.state, "value", dag_run.state))
-    store = open_store(config.load(store=store_uri).store)
+    # The same credentials the steps used: the Airflow connection, else the environment.
+    store = StoreHook(store_uri=config.load(store=store_uri).store).get_conn()
     key = runs.results_key(dag_id, dag_run.run_id)
     return {"run_id": dag_run.run_id, "state": state, "results": store.get_json(key) if store.exists(key) else None}

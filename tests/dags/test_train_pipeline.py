@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 
@@ -241,3 +242,46 @@ def test_the_ai_center_template_produces_results_and_artifacts(airflow_db, tmp_p
     assert '"model" -> "v1.0";' in dot and f"airflow run {run['run_id']}" in dot
     assert main(["--store", uri, "models", "nope"]) == 3
     assert "no registered model named 'nope'; registered: aicenter-sample" in capsys.readouterr().err
+
+
+def test_store_credentials_from_the_connection_never_reach_conf_env_logs_xcom_or_the_store(
+        airflow_db, s3_bucket, moto_endpoint, capfd, monkeypatch):
+    """The Kubeflow example passed access keys as pipeline params; here they live only in the Airflow connection."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    from operators.inprocess import run_pipeline
+    from trainyard.bundles import DataBundle, SourceBundle, deploy_bundle
+
+    secret = "planted-SECRET-9f3c1e77"
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_TRAINYARD_STORE", json.dumps(
+        {"conn_type": "aws", "login": "planted-key-id", "password": secret,
+         "extra": {"endpoint_url": moto_endpoint, "region_name": "us-east-1"}}))
+    uri = f"s3://{s3_bucket}/creds"
+    store = open_store(uri, client_kwargs={"aws_access_key_id": "planted-key-id", "aws_secret_access_key": secret,
+                                           "endpoint_url": moto_endpoint, "region_name": "us-east-1"})
+    deploy_bundle(store, SourceBundle.load(SRC))
+    deploy_bundle(store, DataBundle.load(DATA))
+
+    result = run_pipeline("train_pipeline", {"source": "mnist", "data": "features", "hyperparams": {"C": [3]}},
+                          store_uri=uri)
+    assert result["state"] == "success"  # the steps reached the store, so they did get the credentials
+    captured = capfd.readouterr()
+    assert "training model" in captured.out + captured.err  # the task logs really were captured
+    assert secret not in captured.out + captured.err
+
+    with create_session() as session:
+        run = session.query(DagRun).filter_by(dag_id="train_pipeline", run_id=result["run_id"]).one()
+        assert secret not in json.dumps(run.conf)
+        rendered = session.query(RenderedTaskInstanceFields).filter_by(run_id=result["run_id"]).all()
+        assert rendered and all(secret not in json.dumps(r.rendered_fields, default=str) for r in rendered)
+        xcoms = session.query(XComModel).filter_by(run_id=result["run_id"]).all()
+        assert xcoms and all(secret not in json.dumps(x.value, default=str) for x in xcoms)
+    logs = list((Path(os.environ["AIRFLOW_HOME"]) / "logs").rglob("*.log"))
+    assert all(secret not in p.read_text(errors="replace") for p in logs)
+    for key in store.backend.list(""):
+        assert secret.encode() not in store.backend.read(key), key
