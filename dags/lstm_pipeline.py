@@ -24,7 +24,7 @@ dag = training_pipeline(
         "learning_rate": Param(0.001, type="number", exclusiveMinimum=0, maximum=1,
                                description="Adam learning rate for this run"),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096, description="training batch size"),
-        "epochs": Param(4, type="integer", minimum=1, maximum=1000, description="training epochs"),
+        "epochs": Param(15, type="integer", minimum=1, maximum=1000, description="training epochs"),
     },
     step_options={"cpu": "0.5", "memory": "4000Mi", "cpu_limit": "0.5", "memory_limit": "4000Mi",
                   "cache": False, "labels": {"trainyard.io/task-id": "{{ task.task_id }}"}},

@@ -84,3 +84,38 @@ def test_unknown_step_options_fail_when_the_dag_is_parsed():
 
     with pytest.raises(PipelineDeclarationError, match="unknown step option.*gpus.*known: cpu"):
         training_pipeline("bad", doc_md="x", description="x", tags=["t"], step_options={"gpus": 1})
+
+
+LSTM = REPO / "templates" / "lstm"
+
+
+@pytest.mark.e2e
+def test_the_kubeflow_lstm_example_end_to_end(airflow_db, tmp_path, capsys, monkeypatch):
+    """A learning-rate sweep ranked by val_loss; a run with learning_rate from conf; cache off retrains."""
+    import json
+
+    from operators.inprocess import run_pipeline
+    from tests.dags.test_train_pipeline import _deploy
+    from trainyard.cli import main
+    from trainyard.store import open_store
+
+    uri = f"file://{tmp_path / 'store'}"
+    code, sweep = _deploy(capsys, uri, LSTM / "model-train", LSTM / "data", "-h", '{"learning_rate": [0.01, 0.001]}')
+    assert code == 0 and len(sweep["models"]) == 2
+    assert main(["--store", uri, "info", "-i", "0", "-s", "val_loss", "--json"]) == 0
+    ranked = json.loads(capsys.readouterr().out)
+    losses = [m["metrics"]["val_loss"] for m in ranked["models"]]
+    assert ranked["direction"] == "min" and losses == sorted(losses)
+    assert all(m["metrics"]["val_r2"] > 0.8 for m in ranked["models"])  # clearly learned (predicting the mean: 0)
+
+    conf = {"learning_rate": 0.005, "epochs": 3}
+    first = run_pipeline("lstm_pipeline", conf, store_uri=uri)
+    assert first["state"] == "success"
+    (model,) = first["results"]["models"]
+    assert model["params"]["learning_rate"] == 0.005 and model["metrics"]["learning_rate"] == 0.005
+    assert first["results"]["parameters"]["inputs"]["params"]["learning_rate"] == [0.005]
+    again = run_pipeline("lstm_pipeline", conf, store_uri=uri)
+    assert again["results"]["models"][0]["model_id"] == model["model_id"]
+    assert again["results"]["models"][0]["cached"] is False  # the pipeline declares cache off: it trained again
+    store = open_store(uri)
+    assert list(store.backend.list(f"runs/lstm_pipeline/{again['run_id']}/trained/"))

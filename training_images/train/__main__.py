@@ -15,6 +15,7 @@ from pathlib import Path
 from training_images import aicenter, sandbox
 from training_images.environments import READY_MARKER, venv_dir
 from trainyard import config, contract, runs
+from trainyard.archives import ArchiveError, ArchiveLimits, unpack_archives
 from trainyard.bundles import PARAMS_FILES
 from trainyard.store import parse_ref
 from trainyard.store.versioned import Commit
@@ -107,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             data_dir, hyper_dir = pfs / "data", pfs / "hyper"
         store.materialize(source.manifest, source_dir)
         store.materialize(data.manifest, data_dir)
+        try:
+            # Zip and tar archives in the data bundle are unpacked next to themselves, within the configured caps.
+            unpack_archives(data_dir, ArchiveLimits.from_settings(config.load()), log=lambda m: print(m, flush=True))
+        except ArchiveError as exc:
+            raise SystemExit(f"error: {exc}") from None
         for sub in ("model", "metrics", "artifacts"):
             (out_dir / sub).mkdir(parents=True)
         hyper_dir.mkdir(exist_ok=True)
