@@ -114,3 +114,27 @@ def test_build_makes_one_venv_per_requirements_hash_and_reuses_it(deployed, tmp_
     assert (first["reused"], second["reused"]) == (False, True)
     assert first["env"] == second["env"]
     assert len(list((tmp_path / "venvs").glob("*/.trainyard-ready"))) == 1
+
+
+def test_a_malicious_archive_in_the_data_fails_the_step_naming_the_member(tmp_path):
+    import io
+    import zipfile
+
+    uri = f"file://{tmp_path / 'store'}"
+    store = open_store(uri)
+    src, data = make_bundles(tmp_path / "b")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../../escaped.txt", "owned")
+    (data / "probe-data" / "payload.zip").write_bytes(buf.getvalue())
+    s, _, _ = deploy_bundle(store, SourceBundle.load(src))
+    d, _, _ = deploy_bundle(store, DataBundle.load(data))
+    before = set(store.backend.list(""))
+    work = tmp_path / "work"
+    work.mkdir()
+    proc, result = run_step("train", ["--source", f"probe:{s.id}", "--data", f"probe-data:{d.id}"], uri, tmp_path,
+                            {"TRAINYARD_WORKDIR": str(work)})
+    assert proc.returncode != 0 and result is None
+    assert "payload.zip" in proc.stderr and "'../../escaped.txt'" in proc.stderr and "'..'" in proc.stderr
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert set(store.backend.list("")) == before  # nothing was published
