@@ -184,7 +184,7 @@ def _emit(result: dict, as_json: bool, line: str | None) -> None:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
@@ -212,7 +212,7 @@ def _find_model(store: Store, text: str) -> dict:
         return store.get_json(model_key(text))
     except NotFound:
         pass
-    src_data, _, params = text.partition(":")
+    src_data = text.partition(":")[0]
     keys = [k for k in store.backend.list(f"models/{src_data[:5]}") if k.endswith(".json")]
     matches = [k for k in keys if (k[len("models/"):-len(".json")].replace("/", ":")).startswith(text)]
     if not matches:

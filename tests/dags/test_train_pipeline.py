@@ -6,9 +6,9 @@ import json
 import os
 import pickle
 import shutil
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import boto3
 import numpy as np

@@ -15,7 +15,7 @@ from trainyard.store.versioned import Store
 
 
 def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
 
 def _lineage(store: Store, plan: dict, trained: dict, parent: dict | None) -> dict:
