@@ -37,7 +37,12 @@ class SandboxError(Exception):
 
 def pfs_mode(environ: Mapping[str, str] | None = None) -> str:
     """TRAINYARD_PFS: `auto` (default: sandbox bundles whose code mentions /pfs/), `always` or `never`."""
-    value = (environ if environ is not None else os.environ).get(PFS_ENV, "").strip().lower() or "auto"
+    if environ is None:
+        from trainyard import config  # the one config module: TRAINYARD_PFS env > airflow.cfg [trainyard] pfs
+
+        value = config.load().pfs.strip().lower() or "auto"
+    else:
+        value = environ.get(PFS_ENV, "").strip().lower() or "auto"
     if value not in PFS_MODES:
         raise SandboxError(f"{PFS_ENV}={value!r} is not one of {', '.join(PFS_MODES)}; unset it to use auto")
     return value

@@ -35,6 +35,8 @@ class Settings:
     max_memory: str = "512Gi"
     max_gpu: str = "8"
     allow_cpu_fallback: str = "false"
+    # kaos bundles' /pfs view on the local runner: auto (when the code mentions /pfs/), always, or never.
+    pfs: str = "auto"
     # Step defaults when a DAG does not declare its own: retries, and whether steps may reuse earlier results.
     default_retries: str = "1"
     default_cache: str = "true"
