@@ -35,6 +35,14 @@ class Settings:
     max_memory: str = "512Gi"
     max_gpu: str = "8"
     allow_cpu_fallback: str = "false"
+    # Remote data manifests: URL schemes allowed, an optional host allowlist (comma-separated, empty = any public
+    # host), and explicit allowances for private/loopback addresses (refused by default, checked after DNS and
+    # after each redirect) and for file:// URLs.
+    url_schemes: str = "https,http,s3"
+    url_allowed_hosts: str = ""
+    url_allow_private: str = "false"
+    url_allow_loopback: str = "false"
+    url_allow_file: str = "false"
     # kaos bundles' /pfs view on the local runner: auto (when the code mentions /pfs/), always, or never.
     pfs: str = "auto"
     # Step defaults when a DAG does not declare its own: retries, and whether steps may reuse earlier results.
