@@ -45,3 +45,11 @@ def test_a_grid_above_the_cap_is_refused_before_expanding():
     with pytest.raises(GridError, match=r"10000 combinations .* above the cap of 256.*max_map_length"):
         expand_grid(grid)
     assert GridError.exit_code == 2
+
+
+def test_combinations_that_merge_to_the_same_params_are_one_model():
+    from trainyard.contract import model_id
+
+    base = {"kernel": "rbf", "C": 10.0}
+    ids = {model_id("a" * 64, "b" * 64, {**base, **combo}) for combo in expand_grid({"C": [10.0, 10.0, 1.0]})}
+    assert len(ids) == 2

@@ -66,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         parent = registry.find_version(store, plan["name"], "latest")
     except NotFound:
         parent = None
-    models, failures = [], []
+    models, failures, seen = [], [], set()
     for combo in plan["combinations"]:
         mid = combo["model_id"]
+        if mid in seen:  # two combinations that merge to the same params are one model
+            continue
+        seen.add(mid)
         entry = {"model_id": mid, "label": combo["label"], "hyper": combo["hyper"], "cached": combo["cached"]}
         trained_key = runs.trained_key(args.pipeline, args.run_id, mid)
         if not combo["cached"] and store.exists(trained_key):
