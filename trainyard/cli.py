@@ -398,6 +398,14 @@ def cmd_data(args) -> int:
     elif args.data_cmd == "repos":
         repos = store.repos()
         print(json.dumps(repos) if args.json else "\n".join(repos) or "(none)")
+    elif args.data_cmd == "put":
+        from trainyard.datums import put_file
+
+        commit, datums = put_file(store, args.repo, Path(args.file), split=args.split,
+                                  target_file_datums=args.target_file_datums, header=args.header, path=args.path,
+                                  message=args.message)
+        _emit({"repo": commit.repo, "commit": commit.id, "ref": commit.ref, "datums": datums,
+               "files": len(commit.manifest)}, args.json, f"{commit.ref}  {datums} datum(s)")
     return 0
 
 
@@ -498,6 +506,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub.add_parser("repos", help="list repos")
     for p in (log, inspect, data_sub.choices["repos"]):
         p.add_argument("--json", action="store_true")
+    put = data_sub.add_parser("put", help="add a file to a repo, whole or split into datums (Pachyderm's put file)")
+    put.add_argument("repo")
+    put.add_argument("file", help="local file to put")
+    put.add_argument("--split", metavar="line|json", help="split into datums of lines or of JSON lines")
+    put.add_argument("--target-file-datums", type=int, metavar="N", help="lines (records) per datum (default: 1)")
+    put.add_argument("--header", action="store_true", help="repeat the first line atop every datum (--split line)")
+    put.add_argument("--path", help="path in the repo (default: the file's name); a split file becomes a directory")
+    put.add_argument("-m", "--message", default="", help="commit message")
+    put.add_argument("--json", action="store_true")
     data.set_defaults(func=cmd_data)
 
     template = sub.add_parser("template", help="list or copy bundled templates")

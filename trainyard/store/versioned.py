@@ -30,6 +30,10 @@ _CHUNK = 1 << 20
 Manifest = dict[str, dict[str, Any]]
 
 
+# "Move the branch whatever it points at": the default for commit(); read-modify-write callers pass the head they read.
+ANY_HEAD = object()
+
+
 def canonical_json(obj: Any) -> bytes:
     """Serialise deterministically so equal content always hashes equally."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -303,14 +307,20 @@ class Store:
         return json.loads(got[0])["head"] if got else None
 
     def commit(self, repo: str, manifest: Manifest, *, message: str = "", author: str | None = None,
-               branch: str = "latest") -> tuple[Commit, bool]:
-        """Record a commit and move the branch to it; returns (commit, created). Blobs must already be stored."""
+               branch: str = "latest", expect_head: str | None | object = ANY_HEAD) -> tuple[Commit, bool]:
+        """Record a commit and move the branch to it; returns (commit, created). Blobs must already be stored.
+
+        With expect_head (a commit id, or None for an empty repo) the branch moves only if it still points there,
+        else ConflictError: a read-modify-write of the head's manifest never silently drops a concurrent commit.
+        """
         check_repo_name(repo)
         if not manifest:
             raise TrainyardError(f"refusing to commit an empty manifest to repo {repo!r}")
         commit_id = manifest_id(manifest)
         key = self._commit_key(repo, commit_id)
         head = self.branch_head(repo, branch)
+        if expect_head is not ANY_HEAD and head != expect_head:
+            raise ConflictError(f"repo {repo!r} moved to {str(head)[:12]} while this commit was being prepared")
         if head == commit_id:
             return self.get_commit(repo, commit_id), False
         record = {
@@ -321,14 +331,17 @@ class Store:
         }
         # The commit object is published before the branch moves, so a reader never sees a dangling head.
         created = self.put_json(key, record, create_only=True)
-        self._move_branch(repo, branch, commit_id)
+        self._move_branch(repo, branch, commit_id, expect_head)
         return self.get_commit(repo, commit_id), created
 
-    def _move_branch(self, repo: str, branch: str, commit_id: str) -> None:
+    def _move_branch(self, repo: str, branch: str, commit_id: str,
+                     expect_head: str | None | object = ANY_HEAD) -> None:
         def move(doc: dict | None) -> dict | None:
             doc = doc or {"head": None, "log": []}
             if doc["head"] == commit_id:
                 return None
+            if expect_head is not ANY_HEAD and doc["head"] != expect_head:
+                raise ConflictError(f"repo {repo!r} moved to {str(doc['head'])[:12]} while committing; retry")
             return {"head": commit_id, "log": [{"commit": commit_id, "time": time.time()}, *doc["log"]]}
 
         self.update_json(self._branch_key(repo, branch), move, what=f"branch {repo}:{branch}")

@@ -1,0 +1,403 @@
+"""Pachyderm's datum model: split files into datums, glob a commit into datums, join, cross and chunk them."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from trainyard.errors import ConflictError, TrainyardError
+from trainyard.store.versioned import Commit, Manifest, Store, canonical_json, check_repo_name, sha256_bytes
+
+# Concurrent puts to one repo each retry on top of the other's commit; a few rounds settle any real contention.
+_PUT_ATTEMPTS = 8
+
+SPLITS = ("line", "json")
+# Pachyderm names the files of a split file by a 16-digit zero-padded index, so they sort in file order.
+INDEX_WIDTH = 16
+
+T = TypeVar("T")
+
+
+class DatumError(TrainyardError):
+    """A split, put, glob, join or chunk was asked for with bad input; nothing was stored."""
+
+    exit_code = 2
+
+
+class SplitError(DatumError):
+    """A file cannot be split as asked (bad datum count, a line that is not JSON)."""
+
+
+class GlobError(DatumError):
+    """A glob or join pattern is malformed."""
+
+
+# -- splitting ------------------------------------------------------------------------------------------------------
+def _check_target(n: int) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise SplitError(f"--target-file-datums must be at least 1, got {n!r}")
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """Lines with their newline; only b'\\n' ends a line, so a lone '\\r' inside a record does not split it."""
+    pieces = data.split(b"\n")
+    lines = [piece + b"\n" for piece in pieces[:-1]]
+    if pieces[-1]:
+        lines.append(pieces[-1])  # a last line without a newline is data too
+    return lines
+
+
+def _group(lines: list[bytes], n: int, prefix: bytes = b"") -> list[bytes]:
+    return [prefix + b"".join(lines[i:i + n]) for i in range(0, len(lines), n)]
+
+
+def split_lines(data: bytes, n: int, *, header: bool = False) -> list[bytes]:
+    """Split into datums of n lines (the last may have fewer); with header the first line tops every datum.
+
+    The header is not counted in n. A file that is empty (or only a header) gives no datums.
+    """
+    _check_target(n)
+    lines = _lines(data)
+    if header and lines:
+        head, *lines = lines
+        return _group(lines, n, head)
+    return _group(lines, n)
+
+
+def split_json(data: bytes, n: int) -> list[bytes]:
+    """Split JSON lines into datums of n records; every non-blank line must parse as one JSON value.
+
+    Blank lines hold no record: they are dropped and not counted. Errors name the 1-based line number.
+    """
+    _check_target(n)
+    records = []
+    for number, line in enumerate(_lines(data), start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line.rstrip(b"\r\n"))  # so the column is counted on this line
+        except ValueError as exc:
+            detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise SplitError(
+                f"line {number} is not valid JSON ({detail}); --split json needs one value per line"
+            ) from None
+        records.append(line)
+    return _group(records, n)
+
+
+def split_file_paths(path: str, count: int) -> list[str]:
+    """Where the datums of a split file live in the repo: a directory named after the file, one file per datum."""
+    return [f"{path}/{i:0{INDEX_WIDTH}d}" for i in range(count)]
+
+
+# -- put file -------------------------------------------------------------------------------------------------------
+def _check_put_options(split: str | None, target_file_datums: int | None, header: bool) -> None:
+    if split is not None and split not in SPLITS:
+        raise DatumError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if target_file_datums is not None:
+        if split is None:
+            raise DatumError("--target-file-datums needs --split line or --split json")
+        _check_target(target_file_datums)
+    if header and split != "line":
+        raise DatumError("--header only works with --split line (it repeats the first line atop every datum)")
+
+
+def repo_path(path: str) -> str:
+    """Normalise a path inside a repo ('/a/b' or 'a/b' -> 'a/b'), refusing anything that could escape it."""
+    rel = path.strip().lstrip("/")
+    parts = rel.split("/")
+    if not rel or any(part in ("", ".", "..") for part in parts) or "\\" in rel:
+        raise DatumError(f"--path {path!r} is not a file path inside the repo; use e.g. /captions.tsv or data/a.csv")
+    return rel
+
+
+def put_file(store: Store, repo: str, file: Path, *, split: str | None = None, target_file_datums: int | None = None,
+             header: bool = False, path: str | None = None, message: str = "") -> tuple[Commit, int]:
+    """Add one file, whole or split into datums, on top of the repo's latest commit; returns (commit, datums).
+
+    Like Pachyderm's put file: the new commit keeps every file of the head commit and replaces this file's
+    path (a file, or the directory a split file becomes). Everything is validated before a byte is uploaded.
+    Putting content that gives the same datums again makes no new commit: the manifest, hence the id, is unchanged.
+    """
+    file = Path(file)
+    _check_put_options(split, target_file_datums, header)
+    try:
+        check_repo_name(repo)
+    except TrainyardError as exc:
+        raise DatumError(str(exc)) from None
+    if not file.is_file():
+        what = "does not exist" if not file.exists() else "is not a regular file"
+        raise DatumError(f"{file} {what}; pass the path of the file to put")
+    dest = repo_path(path if path is not None else file.name)
+
+    chunks: list[bytes] = []
+    if split is not None:
+        data = file.read_bytes()
+        n = target_file_datums or 1  # Pachyderm's default: every line (record) is its own datum
+        try:
+            chunks = split_lines(data, n, header=header) if split == "line" else split_json(data, n)
+        except SplitError as exc:
+            raise SplitError(f"{file}: {exc}") from None
+        if not chunks:
+            raise SplitError(f"{file} has no {'records' if split == 'json' else 'lines'} to split"
+                             + (" after its header" if header and data else ""))
+
+    for attempt in range(_PUT_ATTEMPTS):
+        try:
+            return _put_on_head(store, repo, file, dest, split, chunks, message)
+        except ConflictError:
+            # Another commit landed between reading the head and moving the branch; redo on top of it.
+            if attempt == _PUT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _put_on_head(store: Store, repo: str, file: Path, dest: str, split: str | None, chunks: list[bytes],
+                 message: str) -> tuple[Commit, int]:
+    head = store.branch_head(repo)
+    parent: Manifest = store.get_commit(repo, head).manifest if head else {}
+    for ancestor in itertools.accumulate(dest.split("/")[:-1], lambda a, b: f"{a}/{b}"):
+        if ancestor in parent:
+            raise DatumError(f"cannot put {dest!r} into repo {repo!r}: {ancestor!r} is a file there, not a directory;"
+                             " choose another --path")
+    manifest = {p: e for p, e in parent.items() if p != dest and not p.startswith(dest + "/")}
+
+    if split is None:
+        report = store.upload_files({dest: file}, repo=repo)
+        manifest.update(report.manifest)
+        datums = 1
+    else:
+        shas = [sha256_bytes(c) for c in chunks]
+        # Blobs never disappear once a commit names them, so datums the head already holds cost no request at all.
+        known = {e["sha256"] for e in parent.values()}
+        fresh = {sha: c for sha, c in zip(shas, chunks) if sha not in known}
+        with ThreadPoolExecutor(max_workers=store.concurrency) as pool:
+            list(pool.map(store.put_blob_bytes, fresh.values()))
+        manifest.update({p: {"sha256": sha, "size": len(c)}
+                         for p, sha, c in zip(split_file_paths(dest, len(chunks)), shas, chunks)})
+        datums = len(chunks)
+
+    how = f" (split {split}, {datums} datum(s))" if split else ""
+    commit, _ = store.commit(repo, manifest, message=message or f"put file {file.name} -> /{dest}{how}",
+                             expect_head=head)
+    return commit, datums
+
+
+# -- glob -----------------------------------------------------------------------------------------------------------
+def _segment_regex(segment: str, pattern: str) -> str:
+    """Translate one '/'-free glob segment: * ? [...] {a,b}, (...) as a capture group and \\ as an escape."""
+    out: list[str] = []
+    depth = 0
+    in_brace = False
+    i = 0
+    while i < len(segment):
+        c = segment[i]
+        if c == "\\":
+            if i + 1 == len(segment):
+                raise GlobError(f"glob {pattern!r} ends a segment with a lone backslash")
+            out.append(re.escape(segment[i + 1]))
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = i + 1
+            if j < len(segment) and segment[j] in "!^":
+                j += 1
+            if j < len(segment) and segment[j] == "]":
+                j += 1  # a ']' right after '[' is a literal member, as in fnmatch
+            end = segment.find("]", j)
+            if end == -1:
+                raise GlobError(f"glob {pattern!r} has an unclosed '['")
+            body = segment[i + 1:end].replace("\\", "\\\\")
+            negated = body[:1] in ("!", "^")
+            body = body[1:] if negated else body
+            out.append(f"[^/{body}]" if negated else f"[{body}]")
+            i = end + 1
+            continue
+        elif c == "{":
+            if in_brace:
+                raise GlobError(f"glob {pattern!r} nests '{{' alternatives, which is not supported")
+            in_brace = True
+            out.append("(?:")
+        elif c == "," and in_brace:
+            out.append("|")
+        elif c == "}" and in_brace:
+            in_brace = False
+            out.append(")")
+        elif c == "(":
+            depth += 1
+            out.append("(")
+        elif c == ")":
+            if depth == 0:
+                raise GlobError(f"glob {pattern!r} has a ')' without its '('")
+            depth -= 1
+            out.append(")")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    if in_brace:
+        raise GlobError(f"glob {pattern!r} has an unclosed '{{'")
+    if depth:
+        raise GlobError(f"glob {pattern!r} has an unclosed '(' (a capture group must stay within one path segment)")
+    return "".join(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Glob:
+    segments: int
+    regex: re.Pattern[str]
+    dirs_only: bool
+
+
+def _compile(pattern: str) -> _Glob:
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise GlobError("glob pattern is empty; use / for the whole repo, /* for each top-level file or directory")
+    body = pattern.strip().strip("/")
+    # A trailing '/' matches directories only, as in a shell.
+    dirs_only = pattern.strip().endswith("/") and bool(body)
+    if not body:
+        return _Glob(0, re.compile(""), False)
+    segments = body.split("/")
+    for segment in segments:
+        if not segment:
+            raise GlobError(f"glob {pattern!r} has an empty path segment ('//')")
+        if segment == "**":
+            raise GlobError(f"glob {pattern!r} uses '**', which is not supported; give one '*' per directory level")
+    regex = "/".join(_segment_regex(s, pattern) for s in segments)
+    return _Glob(len(segments), re.compile(regex), dirs_only)
+
+
+def glob_datums(manifest: dict[str, dict], pattern: str) -> dict[str, dict]:
+    """Turn a commit's manifest into datums, as Pachyderm's glob does; returns {datum_path: sub_manifest}.
+
+    Each match of the pattern against a path prefix is one datum: a file, or a directory with every file under it.
+    '/' is one datum holding the whole repo, '/*' one per top-level entry, '/*/*' one per second-level entry,
+    '/*.tsv' one per top-level .tsv file or directory, '/captions.tsv/*' one per datum of a split file, '/*/' one
+    per top-level directory only. Datum paths start with '/'; sub-manifests keep the repo paths as keys.
+    """
+    glob = _compile(pattern)
+    if glob.segments == 0:
+        return {"/": dict(sorted(manifest.items()))} if manifest else {}
+    found: dict[str, dict] = {}
+    for key in sorted(manifest):
+        parts = key.strip("/").split("/")
+        if len(parts) < glob.segments or (glob.dirs_only and len(parts) == glob.segments):
+            continue
+        prefix = "/".join(parts[:glob.segments])
+        if glob.regex.fullmatch(prefix):
+            found.setdefault(f"/{prefix}", {})[key] = manifest[key]
+    return dict(sorted(found.items()))
+
+
+def datum_id(sub_manifest: dict[str, dict]) -> str:
+    """The identity of a datum's content: sha256 of the canonical JSON of {relative path: {sha256, size}}.
+
+    Paths are taken relative to the deepest directory that holds all of the datum's files, so a file datum is
+    identified by its name and bytes and a directory datum by the layout and bytes beneath it: moving a datum
+    elsewhere in the repo (or renaming the directory it is) keeps its id, changing any byte or file name does not.
+    The same datum in two commits has the same id, which is what lets a step skip datums it has already processed.
+    """
+    if not sub_manifest:
+        raise DatumError("a datum holds at least one file; got an empty manifest")
+    split = {key: key.strip("/").split("/") for key in sub_manifest}
+    dirs = [parts[:-1] for parts in split.values()]
+    common = 0
+    while all(len(d) > common for d in dirs) and len({d[common] for d in dirs}) == 1:
+        common += 1
+    relative = {"/".join(parts[common:]): {"sha256": sub_manifest[key]["sha256"], "size": sub_manifest[key]["size"]}
+                for key, parts in split.items()}
+    return sha256_bytes(canonical_json(relative))
+
+
+# -- join and cross -------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class JoinedDatum:
+    """One datum of a join: the captured key and the datum path on each side (None where an outer join found none)."""
+
+    key: str
+    left: str | None
+    right: str | None
+    left_id: str | None
+    right_id: str | None
+
+    @property
+    def id(self) -> str:
+        """Changes when either side's content changes, so a processed pairing is recognised in a later run."""
+        return sha256_bytes(canonical_json([self.key, self.left_id, self.right_id]))
+
+
+def _join_glob(pattern: str) -> _Glob:
+    glob = _compile(pattern)
+    if glob.regex.groups != 1:
+        raise GlobError(f"join glob {pattern!r} must hold exactly one capture group in parentheses, e.g. /(*).tsv "
+                        f"or /(*)/; it has {glob.regex.groups}")
+    return glob
+
+
+def _keyed(datums: dict[str, dict], glob: _Glob) -> dict[str, list[str]]:
+    keyed: dict[str, list[str]] = {}
+    for path, files in datums.items():
+        is_dir = any(key.strip("/") != path.strip("/") for key in files)
+        if glob.dirs_only and not is_dir:
+            continue
+        match = glob.regex.fullmatch(path.strip("/"))
+        if match and match.group(1) is not None:
+            keyed.setdefault(match.group(1), []).append(path)
+    return keyed
+
+
+def join(left: dict[str, dict], left_glob: str, right: dict[str, dict], right_glob: str, *,
+         mode: Literal["inner", "outer"] = "inner") -> list[JoinedDatum]:
+    """Pair the datums of two inputs whose capture group matches, as Pachyderm's join_on does.
+
+    Each glob (e.g. /(*).tsv, /(*)/) is matched against that side's datum paths; datums it does not match take no
+    part. Datums sharing a key are paired every way; inner drops keys found on one side only, outer keeps them with
+    the other side None. Sorted by key, then left path, then right path.
+    """
+    if mode not in ("inner", "outer"):
+        raise DatumError(f"join mode must be 'inner' or 'outer', got {mode!r}")
+    lkeys, rkeys = _keyed(left, _join_glob(left_glob)), _keyed(right, _join_glob(right_glob))
+    keys = set(lkeys) & set(rkeys) if mode == "inner" else set(lkeys) | set(rkeys)
+    joined = []
+    for key in keys:
+        lefts: list[str | None] = sorted(lkeys.get(key, [])) or [None]
+        rights: list[str | None] = sorted(rkeys.get(key, [])) or [None]
+        for lp, rp in itertools.product(lefts, rights):
+            joined.append(JoinedDatum(key=key, left=lp, right=rp,
+                                      left_id=datum_id(left[lp]) if lp is not None else None,
+                                      right_id=datum_id(right[rp]) if rp is not None else None))
+    return sorted(joined, key=lambda d: (d.key, d.left or "", d.right or ""))
+
+
+def cross(left: dict[str, Any], right: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every pairing of a left datum path with a right one (Pachyderm's cross), sorted."""
+    return list(itertools.product(sorted(left), sorted(right)))
+
+
+# -- task mapping ---------------------------------------------------------------------------------------------------
+def chunk(datums: list[T], max_tasks: int) -> list[list[T]]:
+    """Split datums into at most max_tasks contiguous chunks whose sizes differ by at most one; deterministic.
+
+    Thousands of datums must not become thousands of mapped Airflow tasks: each task processes one chunk.
+    """
+    if not isinstance(max_tasks, int) or isinstance(max_tasks, bool) or max_tasks < 1:
+        raise DatumError(f"max_tasks must be at least 1, got {max_tasks!r}")
+    items = list(datums)
+    count = min(max_tasks, len(items))
+    if count == 0:
+        return []
+    size, extra = divmod(len(items), count)
+    chunks, start = [], 0
+    for i in range(count):
+        end = start + size + (1 if i < extra else 0)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
