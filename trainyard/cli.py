@@ -86,19 +86,55 @@ def _deploy_conf(args, settings) -> dict:
             "save_training_data": args.save_training_data}
 
 
+def _load_manifest(path: str, settings) -> list:
+    """Parse and policy-check every line of a kaos data manifest before anything is downloaded or stored."""
+    from trainyard.manifests import parse_manifest
+    from trainyard.urlpolicy import UrlPolicy
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"manifest {path} not found; give a file of JSON lines {{\"url\": ..., \"path\": ...}}")
+    return parse_manifest(file.read_text(encoding="utf-8"), source=str(file), policy=UrlPolicy.from_settings(settings))
+
+
+def _manifest_repo(path: str) -> str:
+    """The data repo a manifest feeds by default: its file name without suffix ('features.mf' -> 'features')."""
+    return Path(path).name.split(".")[0].lower() or "data"
+
+
+def _ingest(store: Store, entries: list, repo: str, args, settings):
+    from trainyard.manifests import ingest
+    from trainyard.urlpolicy import UrlPolicy
+
+    commit, stats = ingest(entries, store, repo, UrlPolicy.from_settings(settings), quiet=args.json,
+                           source=str(args.manifest), message=args.message or f"ingest {args.manifest}")
+    if not args.json:
+        print(f"ingested {stats['files']} file(s), {stats['bytes']} bytes into {commit.ref} "
+              f"({stats['retries']} retr{'y' if stats['retries'] == 1 else 'ies'})")
+    return commit, stats
+
+
 def cmd_deploy(args) -> int:
     settings = config.load(store=args.store, runner="local" if args.local else None,
                            parallelism=args.parallelism).validate()
     options = _deploy_conf(args, settings)
-    # Validate both bundles completely before anything is uploaded, so a bad input stores nothing.
+    if bool(args.data) == bool(args.manifest):
+        raise ConfigError("give the data as exactly one of -d/--data DIR or -m/--manifest FILE")
+    # Validate the bundles and the manifest completely before anything is uploaded, so a bad input stores nothing.
     source_bundle = SourceBundle.load(args.source)
-    data_bundle = DataBundle.load(args.data)
+    data_bundle = DataBundle.load(args.data) if args.data else None
+    manifest = _load_manifest(args.manifest, settings) if args.manifest else None
     store = open_store(settings.store)
     quiet = args.json
     source, _, source_report = deploy_bundle(store, source_bundle, message=args.message, quiet=quiet)
-    data, _, data_report = deploy_bundle(store, data_bundle, message=args.message, quiet=quiet)
-    uploaded = {"blobs": source_report.blobs_uploaded + data_report.blobs_uploaded,
-                "bytes": source_report.bytes_uploaded + data_report.bytes_uploaded}
+    if data_bundle is not None:
+        data, _, data_report = deploy_bundle(store, data_bundle, message=args.message, quiet=quiet)
+        data_blobs, data_bytes = data_report.blobs_uploaded, data_report.bytes_uploaded
+    else:
+        data, stats = _ingest(store, manifest, args.data_repo or _manifest_repo(args.manifest), args, settings)
+        data_blobs, data_bytes = stats["blobs_uploaded"], stats["bytes_uploaded"]
+    uploaded = {"blobs": source_report.blobs_uploaded + data_blobs,
+                "bytes": source_report.bytes_uploaded + data_bytes}
     result: dict = {"source": source.id, "source_ref": source.ref, "data": data.id, "data_ref": data.ref,
                     "uploaded": uploaded, "store": store.uri}
     if not quiet:
@@ -395,6 +431,12 @@ def cmd_data(args) -> int:
               f"time   {_when(commit.time)}\n\n    {commit.message}\n")
         _print_table([{"path": p, "size": e["size"], "sha256": e["sha256"][:12]} for p, e in commit.manifest.items()],
                      ["path", "size", "sha256"])
+    elif args.data_cmd == "ingest":
+        settings = config.load(store=args.store)
+        entries = _load_manifest(args.manifest, settings)
+        commit, stats = _ingest(store, entries, args.repo, args, settings)
+        if args.json:
+            print(json.dumps({"repo": commit.repo, "commit": commit.id, "ref": commit.ref, **stats}, indent=2))
     elif args.data_cmd == "repos":
         repos = store.repos()
         print(json.dumps(repos) if args.json else "\n".join(repos) or "(none)")
@@ -445,7 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     deploy.add_argument("--help", action="help", help="show this help and exit")
     deploy.add_argument("-s", "--source", required=True, help="source bundle directory (kaos layout)")
-    deploy.add_argument("-d", "--data", required=True, help="data bundle directory")
+    deploy.add_argument("-d", "--data", help="data bundle directory")
+    deploy.add_argument("-m", "--manifest", help="remote data manifest: JSON lines {\"url\": ..., \"path\": ...} (kaos)")
+    deploy.add_argument("--data-repo", help="repo a manifest is ingested into (default: the manifest's file name)")
     deploy.add_argument("-h", "--hyperparams", default="{}", help="hyperparameters: JSON object or a file")
     deploy.add_argument("--cpu", help="CPU cores per training task, e.g. 0.5, 2, 500m (default: remembered)")
     deploy.add_argument("--memory", help="memory per training task: 512Mi, 2Gi, 1G (default: remembered)")
@@ -461,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run on CPU when fewer GPUs exist than asked for (local runner)")
     deploy.add_argument("--local", action="store_true", help="run the pipeline in-process on the local runner")
     deploy.add_argument("--upload-only", action="store_true", help="commit the bundles without training")
-    deploy.add_argument("-m", "--message", default="", help="commit message")
+    deploy.add_argument("--message", default="", help="commit message")
     deploy.add_argument("--json", action="store_true", help="print one JSON object, no progress bars")
     deploy.set_defaults(func=cmd_deploy)
 
@@ -504,6 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = data_sub.add_parser("inspect", help="files of one commit (repo:ref, ref is latest or a short id)")
     inspect.add_argument("ref")
     data_sub.add_parser("repos", help="list repos")
+    ingest = data_sub.add_parser("ingest", help="download a remote data manifest in parallel and commit it")
+    ingest.add_argument("repo")
+    ingest.add_argument("manifest", help="JSON lines {\"url\": ..., \"path\": ..., [\"sha256\", \"size\"]}")
+    ingest.add_argument("--message", default="")
+    ingest.add_argument("--json", action="store_true")
     for p in (log, inspect, data_sub.choices["repos"]):
         p.add_argument("--json", action="store_true")
     put = data_sub.add_parser("put", help="add a file to a repo, whole or split into datums (Pachyderm's put file)")
