@@ -5,23 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 
 from training_images import aicenter, sandbox
-from training_images.environments import READY_MARKER, venv_dir
+from training_images.usercode import env_bin_for, run_streaming, user_env
 from trainyard import config, contract, runs
 from trainyard.archives import ArchiveError, ArchiveLimits, unpack_archives
 from trainyard.bundles import PARAMS_FILES
 from trainyard.store import parse_ref
-from trainyard.store.versioned import Commit
-
-# Env vars the user's code never needs; keeping store credentials out of its reach keeps them out of its logs.
-_PRIVATE_ENV_PREFIXES = ("AWS_", "TRAINYARD_STORE", "AIRFLOW_CONN_", "AIRFLOW__")
 
 
 def _params(source_dir: Path, hyper: dict) -> dict:
@@ -46,38 +40,14 @@ def _train_command(source_dir: Path, data_dir: Path, out_dir: Path) -> tuple[lis
 
 def _user_env(work: Path, source_dir: Path, data_dir: Path, out_dir: Path, params_file: Path,
               hyper_file: Path, model_id: str, env_bin: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
-    if env_bin is not None:
-        env["PATH"] = f"{env_bin}{os.pathsep}{env.get('PATH', '')}"
-        env["VIRTUAL_ENV"] = str(env_bin.parent)
-    env.update({
+    return user_env(env_bin, {
         contract.DATA_DIR_ENV: str(data_dir),
         contract.PARAMS_ENV: str(params_file),
         contract.HYPERPARAMS_ENV: str(hyper_file),
         contract.SOURCE_DIR_ENV: str(source_dir),
         contract.ARTIFACTS_ENV: str(out_dir / "artifacts"),
         contract.MODEL_ID_ENV: model_id,
-        "PYTHONUNBUFFERED": "1",
-        "HOME": env.get("HOME", str(work)),
-    })
-    return env
-
-
-def _run_streaming(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> tuple[int, list[str]]:
-    tail: deque[str] = deque(maxlen=20)
-    with open(log_path, "w") as log, subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                                      stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            log.write(line)
-            tail.append(line.rstrip())
-    return proc.returncode, list(tail)
-
-
-def _resolve_env_bin(commit: Commit, cache: str) -> Path | None:
-    target = venv_dir(cache, contract.requirements_sha(commit.manifest))
-    return target / "bin" if (target / READY_MARKER).exists() else None
+    }, home=work)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                              "the source's params.json changed between resolve and train")
 
         cmd, cwd = _train_command(source_dir, data_dir, out_dir)
-        env_bin = _resolve_env_bin(source, args.venv_cache)
+        env_bin = env_bin_for(source, args.venv_cache)
         env = _user_env(work, source_dir, data_dir, out_dir, params_file, hyper_file, mid, env_bin)
         print(f"training model {mid}: source {source.ref} data {data.ref} params {json.dumps(params, sort_keys=True)}",
               flush=True)
@@ -140,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             print(pfs_note, flush=True)
         log_path = work / "train.log"
         started = time.time()
-        code, tail = _run_streaming(cmd, cwd, env, log_path)
+        code, tail = run_streaming(cmd, cwd, env, log_path)
         duration = time.time() - started
         log_sha = store.put_blob_bytes(log_path.read_bytes())
         if code != 0:
