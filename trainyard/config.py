@@ -54,6 +54,9 @@ class Settings:
     parallelism: str = "4"
     # Where the local runner keeps one lock file per GPU, so concurrent tasks get distinct devices.
     gpu_lock_dir: str = "/tmp/trainyard-gpu-locks"
+    # A datum step maps at most this many tasks; more datums are processed in chunks (thousands of datums must not
+    # become thousands of Airflow tasks).
+    max_datum_tasks: str = "32"
     # Archives in data bundles are unpacked by the train step within these caps (zip bombs, member floods).
     max_unpacked_size: str = "8Gi"
     max_archive_members: str = "100000"
@@ -80,7 +83,7 @@ class Settings:
             raise ConfigError(
                 f"unsupported store URI {self.store!r}; use file:///path or s3://bucket/prefix"
             )
-        for name in ("max_combinations", "parallelism", "max_archive_members"):
+        for name in ("max_combinations", "parallelism", "max_archive_members", "max_datum_tasks"):
             value = getattr(self, name)
             if not value.isdigit() or int(value) < 1:
                 raise ConfigError(f"[trainyard] {name} = {value!r} must be a whole number >= 1")

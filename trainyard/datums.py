@@ -401,3 +401,33 @@ def chunk(datums: list[T], max_tasks: int) -> list[list[T]]:
         chunks.append(items[start:end])
         start = end
     return chunks
+
+
+# -- incremental processing -----------------------------------------------------------------------------------------
+def code_version(manifest: dict[str, dict], paths: list[str]) -> str:
+    """The version of a step's code: a hash of the files under the given directories of its source commit.
+
+    Only the step's own code counts, so changing another step's script does not make this one reprocess anything.
+    """
+    prefixes = [p.strip("/").removeprefix("./") for p in paths]
+    everything = any(x in ("", ".") for x in prefixes)
+    files = {p: e["sha256"] for p, e in sorted(manifest.items())
+             if everything or any(p.startswith(x + "/") for x in prefixes)}
+    if not files:
+        raise DatumError(f"no code under {', '.join(paths)} in the step's source commit; check the transform path")
+    return sha256_bytes(canonical_json(files))
+
+
+def transform_code_dir(transform: str) -> str:
+    """The directory whose files version a transform: its own folder ('' for one at the bundle's root)."""
+    return transform.strip("/").rpartition("/")[0]
+
+
+def datum_key(datum: str, code: str, params: dict[str, Any]) -> str:
+    """What a datum's output is keyed by: (datum content, step code version, step params). Same key, same output."""
+    return sha256_bytes(canonical_json({"datum": datum, "code": code, "params": params}))
+
+
+def record_key(pipeline: str, step: str, key: str) -> str:
+    """Where a processed datum's output record lives; its existence is what makes a re-run skip the datum."""
+    return f"datums/{pipeline}/{step}/{key}.json"

@@ -1,0 +1,65 @@
+"""Collect step: merge every datum's output into one commit of the step's output repo (Pachyderm's /pfs/out)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from trainyard import contract
+from trainyard.datums import code_version, datum_id, datum_key, glob_datums, record_key, transform_code_dir
+from trainyard.errors import NotFound
+from trainyard.store import parse_ref
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="training_images.collect")
+    parser.add_argument("--input", required=True, help="input commit as repo:id")
+    parser.add_argument("--glob", required=True)
+    parser.add_argument("--code", required=True, help="source commit holding the transform, as repo:id")
+    parser.add_argument("--transform", required=True)
+    parser.add_argument("--step", required=True)
+    parser.add_argument("--pipeline", default=os.environ.get("TRAINYARD_DAG_ID", "datums"))
+    parser.add_argument("--params", default="{}")
+    parser.add_argument("--output", required=True, help="the repo the merged output is committed to")
+    args = parser.parse_args(argv)
+
+    params = json.loads(args.params)
+    store = contract.store_from_env()
+    source = store.resolve(*parse_ref(args.input))
+    code = store.resolve(*parse_ref(args.code))
+    version = code_version(code.manifest, [transform_code_dir(args.transform)])
+    merged: dict[str, dict] = {}
+    origin: dict[str, str] = {}
+    missing = []
+    datums = glob_datums(source.manifest, args.glob)
+    for datum, files in sorted(datums.items()):
+        key = datum_key(datum_id(files), version, params)
+        try:
+            record = store.get_json(record_key(args.pipeline, args.step, key))
+        except NotFound:  # the datum failed, or its task never ran
+            missing.append(datum)
+            continue
+        for path, entry in record["outputs"].items():
+            if path in merged and merged[path]["sha256"] != entry["sha256"]:
+                raise SystemExit(f"datums {origin[path]} and {datum} both wrote {path!r} with different content; "
+                                 "each datum must write distinct output paths")
+            merged[path], origin[path] = entry, datum
+    if missing:
+        print(f"{len(missing)} datum(s) have no output: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}",
+              file=sys.stderr)
+        return 1
+    if not merged:
+        raise SystemExit(f"step {args.step} produced no output files from {len(datums)} datum(s)")
+    commit, created = store.commit(args.output, merged,
+                                   message=f"{args.pipeline}.{args.step} over {source.ref} ({len(datums)} datums)")
+    print(f"{args.output}: {commit.ref} ({len(merged)} file(s) from {len(datums)} datum(s)"
+          f"{'' if created else ', unchanged'})", flush=True)
+    contract.write_result({"output": f"{commit.repo}:{commit.id}", "ref": commit.ref, "files": len(merged),
+                           "datums": len(datums), "created": created})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

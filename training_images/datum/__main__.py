@@ -1,0 +1,100 @@
+"""Datum step: run a transform over each datum of a chunk, skipping datums whose output exists, retrying alone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from training_images.usercode import env_bin_for, run_streaming, user_env
+from trainyard import config, contract
+from trainyard.datums import code_version, datum_id, datum_key, glob_datums, record_key, transform_code_dir
+from trainyard.store import parse_ref
+from trainyard.store.versioned import Store
+
+
+def _process(store: Store, args, datum: str, files: dict, code_dir: Path, env_bin: Path | None, params_file: Path,
+             work: Path) -> dict:
+    """One datum, up to --attempts times; a failure here never stops the chunk's other datums."""
+    started = time.time()
+    for attempt in range(1, args.attempts + 1):
+        with tempfile.TemporaryDirectory(prefix="datum-", dir=work) as tmp:
+            in_dir, out_dir = Path(tmp) / "in", Path(tmp) / "out"
+            out_dir.mkdir()
+            store.materialize(files, in_dir)
+            env = user_env(env_bin, {contract.PARAMS_ENV: str(params_file), "TRAINYARD_DATUM": datum}, home=work)
+            log_path = Path(tmp) / "datum.log"
+            print(f"datum {datum} (attempt {attempt}/{args.attempts})", flush=True)
+            transform = code_dir / args.transform
+            transform.chmod(0o755)  # manifests carry content only; the contract makes the transform executable
+            code, tail = run_streaming([str(transform), str(in_dir), str(out_dir)], code_dir, env, log_path)
+            log_sha = store.put_blob_bytes(log_path.read_bytes())
+            if code == 0:
+                outputs = {p.relative_to(out_dir).as_posix(): p for p in sorted(out_dir.rglob("*")) if p.is_file()}
+                report = store.upload_files(outputs)
+                return {"datum": datum, "status": "processed", "attempts": attempt, "log": log_sha,
+                        "outputs": report.manifest, "seconds": round(time.time() - started, 3)}
+            error = tail[-1] if tail else f"exit code {code}"
+            print(f"datum {datum} failed (exit {code}): {error}", file=sys.stderr, flush=True)
+    return {"datum": datum, "status": "failed", "attempts": args.attempts, "error": error, "log": log_sha,
+            "seconds": round(time.time() - started, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="training_images.datum")
+    parser.add_argument("--input", required=True, help="input commit as repo:id")
+    parser.add_argument("--glob", required=True, help="glob that cuts the input into datums, e.g. /* or /x.tsv/*")
+    parser.add_argument("--code", required=True, help="source commit holding the transform, as repo:id")
+    parser.add_argument("--transform", required=True, help="the transform's path in the source bundle")
+    parser.add_argument("--step", required=True, help="step name; outputs are keyed per pipeline and step")
+    parser.add_argument("--pipeline", default=os.environ.get("TRAINYARD_DAG_ID", "datums"))
+    parser.add_argument("--params", default="{}", help="step params as a JSON object")
+    parser.add_argument("--datums", required=True, help="JSON list of the datum paths this task processes")
+    parser.add_argument("--attempts", type=int, default=2, help="tries per datum before it counts as failed")
+    parser.add_argument("--venv-cache", default=config.load().venv_cache)
+    args = parser.parse_args(argv)
+
+    params, wanted = json.loads(args.params), json.loads(args.datums)
+    store = contract.store_from_env()
+    source = store.resolve(*parse_ref(args.input))
+    code = store.resolve(*parse_ref(args.code))
+    datums = glob_datums(source.manifest, args.glob)
+    unknown = [d for d in wanted if d not in datums]
+    if unknown:
+        raise SystemExit(f"datums {', '.join(unknown[:5])} are not in {source.ref} under glob {args.glob!r}")
+    version = code_version(code.manifest, [transform_code_dir(args.transform)])
+    results, counts = [], {"processed": 0, "skipped": 0, "failed": 0}
+    with tempfile.TemporaryDirectory(prefix="trainyard-datum-") as tmp:
+        work = Path(tmp)
+        code_dir = work / "code"
+        store.materialize(code.manifest, code_dir)
+        params_file = work / "params.json"
+        params_file.write_text(json.dumps(params, sort_keys=True))
+        env_bin = env_bin_for(code, args.venv_cache)
+        for datum in wanted:
+            key = datum_key(datum_id(datums[datum]), version, params)
+            record = record_key(args.pipeline, args.step, key)
+            if store.exists(record):
+                counts["skipped"] += 1
+                results.append({"datum": datum, "status": "skipped", "key": key})
+                continue
+            outcome = _process(store, args, datum, datums[datum], code_dir, env_bin, params_file, work)
+            outcome["key"] = key
+            counts[outcome["status"]] += 1
+            if outcome["status"] == "processed":
+                # Outputs are uploaded; the record is published last and is what later runs skip on.
+                store.put_json(record, {**outcome, "datum_id": datum_id(datums[datum]), "code": version,
+                                        "params": params, "input": f"{source.repo}:{source.id}"}, create_only=True)
+            results.append({k: v for k, v in outcome.items() if k != "outputs"})
+    print(f"step {args.step}: {counts['processed']} processed, {counts['skipped']} skipped, "
+          f"{counts['failed']} failed", flush=True)
+    contract.write_result({**counts, "datums": results})
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
