@@ -12,29 +12,57 @@ from airflow.sdk import BaseOperator
 from operators.hooks import StoreHook
 from operators.step import TrainyardStepOperator
 from trainyard import config
-from trainyard.datums import chunk, code_version, datum_id, datum_key, glob_datums, record_key, transform_code_dir
+from trainyard.datums import (
+    COMBINE_MODES,
+    DatumInput,
+    chunk,
+    code_version,
+    datum_key,
+    record_key,
+    transform_code_dir,
+    work_units,
+)
+
+
+class DatumStepDeclarationError(ValueError):
+    """A datum step was declared with inputs that cannot work; raised when the DAG is parsed."""
+
+
+def _check_inputs(step: str, inputs: list[dict[str, str]], combine: str) -> list[dict[str, str]]:
+    if combine not in COMBINE_MODES:
+        raise DatumStepDeclarationError(f"step {step!r}: combine must be one of {', '.join(COMBINE_MODES)}")
+    if (combine == "single") != (len(inputs) == 1) or len(inputs) > 2:
+        raise DatumStepDeclarationError(f"step {step!r}: combine {combine!r} takes "
+                                        f"{'one input' if combine == 'single' else 'two inputs'}, got {len(inputs)}")
+    for spec in inputs:
+        missing = {"repo", "glob"} - set(spec)
+        if missing:
+            raise DatumStepDeclarationError(f"step {step!r}: input {spec} lacks {', '.join(sorted(missing))}")
+        if combine in ("inner", "outer") and not spec.get("join_on"):
+            raise DatumStepDeclarationError(f"step {step!r}: a join needs join_on on each input, e.g. /(*).tsv")
+    return [{"name": s.get("name", s["repo"]), "ref": "latest", **s} for s in inputs]
 
 
 class PlanDatumsOperator(BaseOperator):
     """
-    Cut the input commit into datums by a glob and keep those whose output (keyed by datum content, step code and
-    params) does not exist yet; return them in at most `max_tasks` chunks, which the datum step maps over.
+    Resolve the step's inputs to commits, cut them into work units (datums, joined pairs or cross pairings) and keep
+    those whose output, keyed by unit content, the transform's code and the params, does not exist yet; return them
+    in at most `max_tasks` chunks, which the datum step maps over.
 
-    :param step: step name (outputs are keyed per DAG and step)
-    :param input_repo: input repo (templated); `input_ref` 'latest' or a commit id (templated)
-    :param code_repo: source repo holding the transform (templated); `code_ref` likewise
+    :param inputs: [{"repo", "glob", "name"?, "join_on"?, "ref"?}]; one input, or two for a join or cross
+    :param combine: single, inner / outer (join on the inputs' capture groups) or cross
     """
 
-    template_fields: Sequence[str] = ("input_repo", "input_ref", "code_repo", "code_ref")
+    template_fields: Sequence[str] = ("code_ref",)
 
-    def __init__(self, *, step: str, input_repo: str, glob: str, code_repo: str, transform: str,
-                 params: dict[str, Any] | None = None, input_ref: str = "latest", code_ref: str = "latest",
+    def __init__(self, *, step: str, inputs: list[dict[str, str]], code_repo: str, transform: str,
+                 combine: str = "single", params: dict[str, Any] | None = None, code_ref: str = "latest",
                  max_tasks: int | None = None, store_uri: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.step = step
-        self.input_repo, self.input_ref = input_repo, input_ref
+        self.inputs = _check_inputs(step, inputs, combine)
+        self.combine = combine
         self.code_repo, self.code_ref = code_repo, code_ref
-        self.glob = glob
         self.transform = transform
         self.params = dict(params or {})
         self.max_tasks = max_tasks
@@ -46,63 +74,71 @@ class PlanDatumsOperator(BaseOperator):
 
     def execute(self, context) -> list[dict]:
         store = self.hook.get_conn()
-        source = store.resolve(self.input_repo, self.input_ref)
+        resolved, datum_inputs = [], []
+        for spec in self.inputs:
+            commit = store.resolve(spec["repo"], spec["ref"])
+            resolved.append({"name": spec["name"], "repo": commit.repo, "commit": commit.id, "glob": spec["glob"],
+                             "join_on": spec.get("join_on")})
+            datum_inputs.append(DatumInput(name=spec["name"], manifest=commit.manifest, glob=spec["glob"],
+                                           join_on=spec.get("join_on")))
         code = store.resolve(self.code_repo, self.code_ref)
-        datums = glob_datums(source.manifest, self.glob)
+        units = work_units(datum_inputs, self.combine)
         version = code_version(code.manifest, [transform_code_dir(self.transform)])
         pipeline = context["dag"].dag_id
-        pending = [d for d, files in sorted(datums.items())
-                   if not store.exists(record_key(pipeline, self.step, datum_key(datum_id(files), version,
-                                                                                  self.params)))]
-        max_tasks = self.max_tasks or int(config.load().max_datum_tasks)
-        chunks = chunk(pending, max_tasks) if pending else []
-        self.log.info("%s: %s datum(s) in %s under %s; %s to process in %s task(s), %s already processed",
-                      self.step, len(datums), source.ref, self.glob, len(pending), len(chunks),
-                      len(datums) - len(pending))
+        pending = [name for name, unit in sorted(units.items())
+                   if not store.exists(record_key(pipeline, self.step, datum_key(unit["id"], version, self.params)))]
+        chunks = chunk(pending, self.max_tasks or int(config.load().max_datum_tasks)) if pending else []
+        self.log.info("%s: %s datum(s) from %s (%s); %s to process in %s task(s), %s already processed",
+                      self.step, len(units), ", ".join(f"{r['repo']}:{r['commit'][:5]}" for r in resolved),
+                      self.combine, len(pending), len(chunks), len(units) - len(pending))
         context["ti"].xcom_push(key="plan", value={
-            "input": f"{source.repo}:{source.id}", "code": f"{code.repo}:{code.id}", "datums": len(datums),
-            "pending": len(pending), "skipped": len(datums) - len(pending), "tasks": len(chunks)})
+            "inputs": resolved, "code": f"{code.repo}:{code.id}", "datums": len(units), "pending": len(pending),
+            "skipped": len(units) - len(pending), "tasks": len(chunks)})
         return [{"datums": c, "label": c[0] if len(c) == 1 else f"{c[0]} .. {c[-1]} ({len(c)})"} for c in chunks]
+
+
+def _plan(plan_task: str) -> str:
+    return f"ti.xcom_pull(task_ids='{plan_task}', key='plan')"
 
 
 class DatumStepOperator(TrainyardStepOperator):
     """
-    Process one chunk of datums: `python -m training_images.datum`, mapped over the plan's chunks.
+    Process one chunk of work units: `python -m training_images.datum`, mapped over the plan's chunks.
 
     :param chunk: {"datums": [...], "label": ...} from the plan; passed as literal argv, never rendered
     """
 
-    def __init__(self, *, chunk: dict, plan_task: str, step_name: str, glob: str, transform: str,
+    def __init__(self, *, chunk: dict, plan_task: str, step_name: str, combine: str, transform: str,
                  params: dict[str, Any] | None = None, attempts: int = 2, **kwargs) -> None:
         self.chunk = chunk
-        plan = f"ti.xcom_pull(task_ids='{plan_task}', key='plan')"
-        arguments = ["--input", f"{{{{ {plan}['input'] }}}}", "--code", f"{{{{ {plan}['code'] }}}}",
+        plan = _plan(plan_task)
+        arguments = ["--inputs", f"{{{{ {plan}['inputs'] | tojson }}}}", "--code", f"{{{{ {plan}['code'] }}}}",
                      "--step", step_name, "--pipeline", "{{ dag.dag_id }}", "--attempts", str(attempts)]
-        literal = ["--glob", glob, "--transform", transform, "--params", json.dumps(params or {}, sort_keys=True),
-                   "--datums", json.dumps(chunk["datums"])]
+        literal = ["--combine", combine, "--transform", transform,
+                   "--params", json.dumps(params or {}, sort_keys=True), "--datums", json.dumps(chunk["datums"])]
         super().__init__(step="datum", arguments=arguments, literal_arguments=literal, **kwargs)
 
 
-def datum_step(step: str, *, input_repo: str, glob: str, code_repo: str, transform: str, output_repo: str,
-               params: dict[str, Any] | None = None, input_ref: str = "latest", code_ref: str = "latest",
+def datum_step(step: str, *, inputs: list[dict[str, str]], code_repo: str, transform: str, output_repo: str,
+               combine: str = "single", params: dict[str, Any] | None = None, code_ref: str = "latest",
                max_tasks: int | None = None, parallelism: int | None = None, attempts: int = 2,
                **step_options) -> tuple[BaseOperator, Any, TrainyardStepOperator]:
     """Wire plan -> mapped datum tasks -> collect for one step; returns the three so callers can chain them."""
-    plan = PlanDatumsOperator(task_id=f"{step}_plan", step=step, input_repo=input_repo, input_ref=input_ref,
-                              glob=glob, code_repo=code_repo, code_ref=code_ref, transform=transform, params=params,
+    plan = PlanDatumsOperator(task_id=f"{step}_plan", step=step, inputs=inputs, combine=combine,
+                              code_repo=code_repo, code_ref=code_ref, transform=transform, params=params,
                               max_tasks=max_tasks)
     mapped = DatumStepOperator.partial(
-        task_id=step, plan_task=plan.task_id, step_name=step, glob=glob, transform=transform, params=params,
+        task_id=step, plan_task=plan.task_id, step_name=step, combine=combine, transform=transform, params=params,
         attempts=attempts, max_active_tis_per_dagrun=parallelism or int(config.load().parallelism),
         map_index_template="{{ task.chunk['label'] }}", **step_options,
     ).expand(chunk=plan.output)
-    planned = f"ti.xcom_pull(task_ids='{plan.task_id}', key='plan')"
+    planned = _plan(plan.task_id)
     # none_failed: when every datum was already processed the mapped step has no tasks (skipped) and collect runs.
     collect = TrainyardStepOperator(
         task_id=f"{step}_collect", step="collect", trigger_rule="none_failed",
-        arguments=["--input", f"{{{{ {planned}['input'] }}}}", "--code", f"{{{{ {planned}['code'] }}}}",
+        arguments=["--inputs", f"{{{{ {planned}['inputs'] | tojson }}}}", "--code", f"{{{{ {planned}['code'] }}}}",
                    "--step", step, "--pipeline", "{{ dag.dag_id }}", "--output", output_repo],
-        literal_arguments=["--glob", glob, "--transform", transform,
+        literal_arguments=["--combine", combine, "--transform", transform,
                            "--params", json.dumps(params or {}, sort_keys=True)],
         **step_options,
     )

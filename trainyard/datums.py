@@ -431,3 +431,53 @@ def datum_key(datum: str, code: str, params: dict[str, Any]) -> str:
 def record_key(pipeline: str, step: str, key: str) -> str:
     """Where a processed datum's output record lives; its existence is what makes a re-run skip the datum."""
     return f"datums/{pipeline}/{step}/{key}.json"
+
+
+# -- work units: what one datum task processes, for a single input, a join or a cross -------------------------------
+COMBINE_MODES = ("single", "inner", "outer", "cross")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatumInput:
+    """One input of a datum step: a commit's manifest cut by a glob; `join_on` captures the key of a join."""
+
+    name: str
+    manifest: dict[str, dict]
+    glob: str
+    join_on: str | None = None
+
+
+def work_units(inputs: list[DatumInput], combine: str = "single") -> dict[str, dict[str, Any]]:
+    """The units a datum step processes, {name: {"files": {path: entry}, "id": content id}}.
+
+    single: one unit per datum, files at their repo paths. inner/outer: one unit per joined pair, cross: one per
+    pairing; their files sit under each input's name (`captions/...`, `features/...`) and their id hashes both
+    sides, so a unit is processed again exactly when either side's content changes.
+    """
+    if combine not in COMBINE_MODES:
+        raise DatumError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
+    if (combine == "single") != (len(inputs) == 1) or len(inputs) > 2:
+        raise DatumError(f"combine {combine!r} takes {'one input' if combine == 'single' else 'two inputs'}, "
+                         f"got {len(inputs)}")
+    datums = [glob_datums(i.manifest, i.glob) for i in inputs]
+    if combine == "single":
+        return {path: {"files": files, "id": datum_id(files)} for path, files in sorted(datums[0].items())}
+    left, right = inputs
+
+    def files_of(side: DatumInput, side_datums: dict, path: str | None) -> dict:
+        return {} if path is None else {f"{side.name}/{p.lstrip('/')}": e for p, e in side_datums[path].items()}
+
+    units: dict[str, dict[str, Any]] = {}
+    if combine == "cross":
+        for lp, rp in cross(datums[0], datums[1]):
+            uid = sha256_bytes(canonical_json([datum_id(datums[0][lp]), datum_id(datums[1][rp])]))
+            units[f"{lp} x {rp}"] = {"files": {**files_of(left, datums[0], lp), **files_of(right, datums[1], rp)},
+                                     "id": uid}
+        return units
+    if not left.join_on or not right.join_on:
+        raise DatumError("a join needs join_on on both inputs, e.g. /captions.tsv/(*) and /(*)/")
+    for jd in join(datums[0], left.join_on, datums[1], right.join_on, mode=combine):
+        name = jd.key if (jd.key not in units) else f"{jd.key} ({jd.left} x {jd.right})"
+        units[name] = {"files": {**files_of(left, datums[0], jd.left), **files_of(right, datums[1], jd.right)},
+                       "id": jd.id}
+    return units

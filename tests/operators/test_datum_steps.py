@@ -32,8 +32,23 @@ from airflow.sdk import DAG
 from operators.datums import datum_step
 
 with DAG("datum_test", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False) as dag:
-    datum_step("upper", input_repo="rawdata", glob="/captions.tsv/*", code_repo="steps",
-               transform="upper/transform", output_repo="upper-out", max_tasks=8)
+    _, _, upper = datum_step("upper", inputs=[{"repo": "rawdata", "glob": "/captions.tsv/*"}], code_repo="steps",
+                             transform="upper/transform", output_repo="upper-out", max_tasks=8)
+    # a join, Pachyderm's join_on: each raw datum with the upper-cased output named after it
+    pair_plan, _, _ = datum_step(
+        "pair", combine="inner", code_repo="steps", transform="pair/transform", output_repo="pairs",
+        inputs=[{"name": "raw", "repo": "rawdata", "glob": "/captions.tsv/*", "join_on": "/captions.tsv/(*)"},
+                {"name": "upper", "repo": "upper-out", "glob": "/*", "join_on": "/captions.tsv_(*).txt"}])
+    upper >> pair_plan
+"""
+
+PAIR = """#!/usr/bin/env python3
+import os, pathlib, sys
+src, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+raw = "".join(p.read_text() for p in sorted((src / "raw").rglob("*")) if p.is_file())
+upper = "".join(p.read_text() for p in sorted((src / "upper").rglob("*")) if p.is_file())
+assert upper == raw.upper(), (raw, upper)
+(out / (os.environ["TRAINYARD_DATUM"] + ".pair")).write_text(f"{len(raw.splitlines())} lines matched")
 """
 
 
@@ -59,9 +74,10 @@ def test_a_datum_step_processes_only_new_datums_and_retries_a_failed_one_alone(a
     captions = tmp_path / "captions.tsv"
     captions.write_text(_lines(100))
     put_file(store, "rawdata", captions, split="line", target_file_datums=5)
-    code = tmp_path / "transform"
+    code, pair = tmp_path / "transform", tmp_path / "pair"
     code.write_text(TRANSFORM)
-    report = store.upload_files({"upper/transform": code})
+    pair.write_text(PAIR)
+    report = store.upload_files({"upper/transform": code, "pair/transform": pair})
     store.commit("steps", report.manifest)
 
     dags = tmp_path / "dags"
@@ -91,6 +107,8 @@ def test_a_datum_step_processes_only_new_datums_and_retries_a_failed_one_alone(a
     assert len(out.manifest) == 20
     assert store.get_blob_bytes(out.manifest["captions.tsv_0000000000000001.txt"]["sha256"]) == \
         "".join(f"LINE {i}\n" for i in range(5, 10)).encode()
+    pairs = store.resolve("pairs")
+    assert sorted(pairs.manifest) == [f"{i:016d}.pair" for i in range(20)]
 
     captions.write_text(_lines(105))  # append 5 lines: exactly one new datum
     put_file(store, "rawdata", captions, split="line", target_file_datums=5)
@@ -101,6 +119,9 @@ def test_a_datum_step_processes_only_new_datums_and_retries_a_failed_one_alone(a
     (only,) = [v for (idx, key), v in _xcoms("datum_test", second.run_id, "upper").items() if key == "return_value"]
     assert only["processed"] == 1 and only["datums"][0]["datum"] == "/captions.tsv/0000000000000020"
     assert len(store.resolve("upper-out").manifest) == 21
+    pair_plan = _xcoms("datum_test", second.run_id, "pair_plan")[(-1, "plan")]
+    assert (pair_plan["datums"], pair_plan["pending"]) == (21, 1)  # only the new pairing is joined again
+    assert len(store.resolve("pairs").manifest) == 21
 
     third = dag.test()  # nothing new: the mapped step has no tasks, collect still runs and changes nothing
     assert third.state == "success"

@@ -326,3 +326,34 @@ def test_concurrent_puts_to_one_repo_keep_every_file(tmp_path):
         t.join()
     head = store.resolve("rawdata")
     assert sorted(head.manifest) == [f"part{i}.txt" for i in range(6)]
+
+
+def test_work_units_for_a_single_input_a_join_and_a_cross():
+    from trainyard.datums import DatumError, DatumInput, work_units
+
+    def entry(sha):
+        return {"sha256": sha * 64, "size": 1}
+
+    captions = {"captions.tsv/0000000000000000": entry("a"), "captions.tsv/0000000000000001": entry("b")}
+    features = {"0000000000000000/x.npy": entry("c"), "0000000000000001/y.npy": entry("d"),
+                "0000000000000002/z.npy": entry("e")}
+    raw = DatumInput("captions", captions, "/captions.tsv/*", "/captions.tsv/(*)")
+    feats = DatumInput("features", features, "/*", "/(*)/")
+    single = work_units([raw])
+    assert sorted(single) == ["/captions.tsv/0000000000000000", "/captions.tsv/0000000000000001"]
+    inner = work_units([raw, feats], "inner")
+    assert sorted(inner) == ["0000000000000000", "0000000000000001"]
+    assert sorted(inner["0000000000000001"]["files"]) == ["captions/captions.tsv/0000000000000001",
+                                                          "features/0000000000000001/y.npy"]
+    outer = work_units([raw, feats], "outer")
+    assert sorted(outer["0000000000000002"]["files"]) == ["features/0000000000000002/z.npy"]
+    crossed = work_units([raw, feats], "cross")
+    assert len(crossed) == 6 and len({u["id"] for u in crossed.values()}) == 6
+    changed = DatumInput("features", {**features, "0000000000000001/y.npy": entry("f")}, "/*", "/(*)/")
+    again = work_units([raw, changed], "inner")
+    assert again["0000000000000000"]["id"] == inner["0000000000000000"]["id"]
+    assert again["0000000000000001"]["id"] != inner["0000000000000001"]["id"]  # one side changed: redo that pair
+    with pytest.raises(DatumError, match="combine 'cross' takes two inputs"):
+        work_units([raw], "cross")
+    with pytest.raises(DatumError, match="needs join_on on both inputs"):
+        work_units([raw, DatumInput("f", features, "/*")], "inner")

@@ -7,16 +7,17 @@ import json
 import os
 import sys
 
+from training_images.datum.inputs import load_units
 from trainyard import contract
-from trainyard.datums import code_version, datum_id, datum_key, glob_datums, record_key, transform_code_dir
+from trainyard.datums import code_version, datum_key, record_key, transform_code_dir
 from trainyard.errors import NotFound
 from trainyard.store import parse_ref
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training_images.collect")
-    parser.add_argument("--input", required=True, help="input commit as repo:id")
-    parser.add_argument("--glob", required=True)
+    parser.add_argument("--inputs", required=True, help="the step's resolved inputs, as the datum step takes them")
+    parser.add_argument("--combine", default="single")
     parser.add_argument("--code", required=True, help="source commit holding the transform, as repo:id")
     parser.add_argument("--transform", required=True)
     parser.add_argument("--step", required=True)
@@ -27,15 +28,14 @@ def main(argv: list[str] | None = None) -> int:
 
     params = json.loads(args.params)
     store = contract.store_from_env()
-    source = store.resolve(*parse_ref(args.input))
+    units, specs = load_units(store, args.inputs, args.combine)
     code = store.resolve(*parse_ref(args.code))
     version = code_version(code.manifest, [transform_code_dir(args.transform)])
     merged: dict[str, dict] = {}
     origin: dict[str, str] = {}
     missing = []
-    datums = glob_datums(source.manifest, args.glob)
-    for datum, files in sorted(datums.items()):
-        key = datum_key(datum_id(files), version, params)
+    for datum, unit in sorted(units.items()):
+        key = datum_key(unit["id"], version, params)
         try:
             record = store.get_json(record_key(args.pipeline, args.step, key))
         except NotFound:  # the datum failed, or its task never ran
@@ -51,13 +51,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     if not merged:
-        raise SystemExit(f"step {args.step} produced no output files from {len(datums)} datum(s)")
+        raise SystemExit(f"step {args.step} produced no output files from {len(units)} datum(s)")
+    over = ", ".join(f"{s['repo']}:{s['commit'][:5]}" for s in specs)
     commit, created = store.commit(args.output, merged,
-                                   message=f"{args.pipeline}.{args.step} over {source.ref} ({len(datums)} datums)")
-    print(f"{args.output}: {commit.ref} ({len(merged)} file(s) from {len(datums)} datum(s)"
+                                   message=f"{args.pipeline}.{args.step} over {over} ({len(units)} datums)")
+    print(f"{args.output}: {commit.ref} ({len(merged)} file(s) from {len(units)} datum(s)"
           f"{'' if created else ', unchanged'})", flush=True)
     contract.write_result({"output": f"{commit.repo}:{commit.id}", "ref": commit.ref, "files": len(merged),
-                           "datums": len(datums), "created": created})
+                           "datums": len(units), "created": created})
     return 0
 
 

@@ -10,9 +10,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from training_images.datum.inputs import load_units
 from training_images.usercode import env_bin_for, run_streaming, user_env
 from trainyard import config, contract
-from trainyard.datums import code_version, datum_id, datum_key, glob_datums, record_key, transform_code_dir
+from trainyard.datums import code_version, datum_key, record_key, transform_code_dir
 from trainyard.store import parse_ref
 from trainyard.store.versioned import Store
 
@@ -46,8 +47,9 @@ def _process(store: Store, args, datum: str, files: dict, code_dir: Path, env_bi
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training_images.datum")
-    parser.add_argument("--input", required=True, help="input commit as repo:id")
-    parser.add_argument("--glob", required=True, help="glob that cuts the input into datums, e.g. /* or /x.tsv/*")
+    parser.add_argument("--inputs", required=True,
+                        help='JSON list of resolved inputs [{"name", "repo", "commit", "glob", "join_on"}]')
+    parser.add_argument("--combine", default="single", help="single, inner or outer (join), or cross")
     parser.add_argument("--code", required=True, help="source commit holding the transform, as repo:id")
     parser.add_argument("--transform", required=True, help="the transform's path in the source bundle")
     parser.add_argument("--step", required=True, help="step name; outputs are keyed per pipeline and step")
@@ -60,12 +62,11 @@ def main(argv: list[str] | None = None) -> int:
 
     params, wanted = json.loads(args.params), json.loads(args.datums)
     store = contract.store_from_env()
-    source = store.resolve(*parse_ref(args.input))
+    units, specs = load_units(store, args.inputs, args.combine)
     code = store.resolve(*parse_ref(args.code))
-    datums = glob_datums(source.manifest, args.glob)
-    unknown = [d for d in wanted if d not in datums]
+    unknown = [d for d in wanted if d not in units]
     if unknown:
-        raise SystemExit(f"datums {', '.join(unknown[:5])} are not in {source.ref} under glob {args.glob!r}")
+        raise SystemExit(f"datums {', '.join(unknown[:5])} are not among the step's inputs {args.inputs}")
     version = code_version(code.manifest, [transform_code_dir(args.transform)])
     results, counts = [], {"processed": 0, "skipped": 0, "failed": 0}
     with tempfile.TemporaryDirectory(prefix="trainyard-datum-") as tmp:
@@ -76,19 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         params_file.write_text(json.dumps(params, sort_keys=True))
         env_bin = env_bin_for(code, args.venv_cache)
         for datum in wanted:
-            key = datum_key(datum_id(datums[datum]), version, params)
+            key = datum_key(units[datum]["id"], version, params)
             record = record_key(args.pipeline, args.step, key)
             if store.exists(record):
                 counts["skipped"] += 1
                 results.append({"datum": datum, "status": "skipped", "key": key})
                 continue
-            outcome = _process(store, args, datum, datums[datum], code_dir, env_bin, params_file, work)
+            outcome = _process(store, args, datum, units[datum]["files"], code_dir, env_bin, params_file, work)
             outcome["key"] = key
             counts[outcome["status"]] += 1
             if outcome["status"] == "processed":
                 # Outputs are uploaded; the record is published last and is what later runs skip on.
-                store.put_json(record, {**outcome, "datum_id": datum_id(datums[datum]), "code": version,
-                                        "params": params, "input": f"{source.repo}:{source.id}"}, create_only=True)
+                store.put_json(record, {**outcome, "datum_id": units[datum]["id"], "code": version,
+                                        "params": params, "inputs": specs}, create_only=True)
             results.append({k: v for k, v in outcome.items() if k != "outputs"})
     print(f"step {args.step}: {counts['processed']} processed, {counts['skipped']} skipped, "
           f"{counts['failed']} failed", flush=True)
