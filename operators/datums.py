@@ -16,10 +16,9 @@ from trainyard.datums import (
     COMBINE_MODES,
     DatumInput,
     chunk,
-    code_version,
     datum_key,
     record_key,
-    transform_code_dir,
+    transform_version,
     work_units,
 )
 
@@ -55,13 +54,16 @@ class PlanDatumsOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("code_ref",)
 
-    def __init__(self, *, step: str, inputs: list[dict[str, str]], code_repo: str, transform: str,
+    def __init__(self, *, step: str, inputs: list[dict[str, str]], code_repo: str | None, transform: str,
                  combine: str = "single", params: dict[str, Any] | None = None, code_ref: str = "latest",
                  max_tasks: int | None = None, store_uri: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.step = step
         self.inputs = _check_inputs(step, inputs, combine)
         self.combine = combine
+        if not code_repo and not transform.startswith("builtin:"):
+            raise DatumStepDeclarationError(f"step {step!r}: transform {transform!r} needs code_repo, the source repo "
+                                            "that holds it (only builtin: transforms need none)")
         self.code_repo, self.code_ref = code_repo, code_ref
         self.transform = transform
         self.params = dict(params or {})
@@ -81,9 +83,9 @@ class PlanDatumsOperator(BaseOperator):
                              "join_on": spec.get("join_on")})
             datum_inputs.append(DatumInput(name=spec["name"], manifest=commit.manifest, glob=spec["glob"],
                                            join_on=spec.get("join_on")))
-        code = store.resolve(self.code_repo, self.code_ref)
+        code = store.resolve(self.code_repo, self.code_ref) if self.code_repo else None
         units = work_units(datum_inputs, self.combine)
-        version = code_version(code.manifest, [transform_code_dir(self.transform)])
+        version = transform_version(self.transform, code.manifest if code else None)
         pipeline = context["dag"].dag_id
         pending = [name for name, unit in sorted(units.items())
                    if not store.exists(record_key(pipeline, self.step, datum_key(unit["id"], version, self.params)))]
@@ -92,7 +94,7 @@ class PlanDatumsOperator(BaseOperator):
                       self.step, len(units), ", ".join(f"{r['repo']}:{r['commit'][:5]}" for r in resolved),
                       self.combine, len(pending), len(chunks), len(units) - len(pending))
         context["ti"].xcom_push(key="plan", value={
-            "inputs": resolved, "code": f"{code.repo}:{code.id}", "datums": len(units), "pending": len(pending),
+            "inputs": resolved, "code": f"{code.repo}:{code.id}" if code else "", "datums": len(units), "pending": len(pending),
             "skipped": len(units) - len(pending), "tasks": len(chunks)})
         return [{"datums": c, "label": c[0] if len(c) == 1 else f"{c[0]} .. {c[-1]} ({len(c)})"} for c in chunks]
 
@@ -119,7 +121,8 @@ class DatumStepOperator(TrainyardStepOperator):
         super().__init__(step="datum", arguments=arguments, literal_arguments=literal, **kwargs)
 
 
-def datum_step(step: str, *, inputs: list[dict[str, str]], code_repo: str, transform: str, output_repo: str,
+def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, output_repo: str,
+               code_repo: str | None = None,
                combine: str = "single", params: dict[str, Any] | None = None, code_ref: str = "latest",
                max_tasks: int | None = None, parallelism: int | None = None, attempts: int = 2,
                **step_options) -> tuple[BaseOperator, Any, TrainyardStepOperator]:

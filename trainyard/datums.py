@@ -418,6 +418,21 @@ def code_version(manifest: dict[str, dict], paths: list[str]) -> str:
     return sha256_bytes(canonical_json(files))
 
 
+# Transforms trainyard ships (`builtin:<name>`); bump a version when its output for the same input changes.
+BUILTIN_TRANSFORMS = {"fetch-urls": "1"}
+
+
+def transform_version(transform: str, manifest: dict[str, dict] | None) -> str:
+    """The code version of a step's transform: a built-in's declared version, else the hash of its folder's files."""
+    if transform.startswith("builtin:"):
+        name = transform.removeprefix("builtin:")
+        if name not in BUILTIN_TRANSFORMS:
+            raise DatumError(f"unknown built-in transform {transform!r}; known: "
+                             f"{', '.join('builtin:' + n for n in BUILTIN_TRANSFORMS)}")
+        return f"builtin:{name}:{BUILTIN_TRANSFORMS[name]}"
+    return code_version(manifest or {}, [transform_code_dir(transform)])
+
+
 def transform_code_dir(transform: str) -> str:
     """The directory whose files version a transform: its own folder ('' for one at the bundle's root)."""
     return transform.strip("/").rpartition("/")[0]

@@ -9,7 +9,7 @@ import sys
 
 from training_images.datum.inputs import load_units
 from trainyard import contract
-from trainyard.datums import code_version, datum_key, record_key, transform_code_dir
+from trainyard.datums import datum_key, record_key, transform_version
 from trainyard.errors import NotFound
 from trainyard.store import parse_ref
 
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training_images.collect")
     parser.add_argument("--inputs", required=True, help="the step's resolved inputs, as the datum step takes them")
     parser.add_argument("--combine", default="single")
-    parser.add_argument("--code", required=True, help="source commit holding the transform, as repo:id")
+    parser.add_argument("--code", default="", help="source commit holding the transform, as repo:id (none for builtin:)")
     parser.add_argument("--transform", required=True)
     parser.add_argument("--step", required=True)
     parser.add_argument("--pipeline", default=os.environ.get("TRAINYARD_DAG_ID", "datums"))
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     params = json.loads(args.params)
     store = contract.store_from_env()
     units, specs = load_units(store, args.inputs, args.combine)
-    code = store.resolve(*parse_ref(args.code))
-    version = code_version(code.manifest, [transform_code_dir(args.transform)])
+    code = store.resolve(*parse_ref(args.code)) if args.code else None
+    version = transform_version(args.transform, code.manifest if code else None)
     merged: dict[str, dict] = {}
     origin: dict[str, str] = {}
     missing = []

@@ -13,9 +13,18 @@ from pathlib import Path
 from training_images.datum.inputs import load_units
 from training_images.usercode import env_bin_for, run_streaming, user_env
 from trainyard import config, contract
-from trainyard.datums import code_version, datum_key, record_key, transform_code_dir
+from trainyard.datums import datum_key, record_key, transform_version
 from trainyard.store import parse_ref
 from trainyard.store.versioned import Store
+
+
+def _command(transform: str, code_dir: Path) -> list[str]:
+    if transform.startswith("builtin:"):
+        # Built-ins are trainyard's own code: they run on the step's Python with the step's settings.
+        return [sys.executable, "-m", f"training_images.builtins.{transform.removeprefix('builtin:').replace('-', '_')}"]
+    script = code_dir / transform
+    script.chmod(0o755)  # manifests carry content only; the contract makes the transform executable
+    return [str(script)]
 
 
 def _process(store: Store, args, datum: str, files: dict, code_dir: Path, env_bin: Path | None, params_file: Path,
@@ -30,9 +39,8 @@ def _process(store: Store, args, datum: str, files: dict, code_dir: Path, env_bi
             env = user_env(env_bin, {contract.PARAMS_ENV: str(params_file), "TRAINYARD_DATUM": datum}, home=work)
             log_path = Path(tmp) / "datum.log"
             print(f"datum {datum} (attempt {attempt}/{args.attempts})", flush=True)
-            transform = code_dir / args.transform
-            transform.chmod(0o755)  # manifests carry content only; the contract makes the transform executable
-            code, tail = run_streaming([str(transform), str(in_dir), str(out_dir)], code_dir, env, log_path)
+            code, tail = run_streaming([*_command(args.transform, code_dir), str(in_dir), str(out_dir)], code_dir, env,
+                                       log_path)
             log_sha = store.put_blob_bytes(log_path.read_bytes())
             if code == 0:
                 outputs = {p.relative_to(out_dir).as_posix(): p for p in sorted(out_dir.rglob("*")) if p.is_file()}
@@ -50,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", required=True,
                         help='JSON list of resolved inputs [{"name", "repo", "commit", "glob", "join_on"}]')
     parser.add_argument("--combine", default="single", help="single, inner or outer (join), or cross")
-    parser.add_argument("--code", required=True, help="source commit holding the transform, as repo:id")
+    parser.add_argument("--code", default="", help="source commit holding the transform, as repo:id (none for builtin:)")
     parser.add_argument("--transform", required=True, help="the transform's path in the source bundle")
     parser.add_argument("--step", required=True, help="step name; outputs are keyed per pipeline and step")
     parser.add_argument("--pipeline", default=os.environ.get("TRAINYARD_DAG_ID", "datums"))
@@ -63,19 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     params, wanted = json.loads(args.params), json.loads(args.datums)
     store = contract.store_from_env()
     units, specs = load_units(store, args.inputs, args.combine)
-    code = store.resolve(*parse_ref(args.code))
+    code = store.resolve(*parse_ref(args.code)) if args.code else None
     unknown = [d for d in wanted if d not in units]
     if unknown:
         raise SystemExit(f"datums {', '.join(unknown[:5])} are not among the step's inputs {args.inputs}")
-    version = code_version(code.manifest, [transform_code_dir(args.transform)])
+    version = transform_version(args.transform, code.manifest if code else None)
     results, counts = [], {"processed": 0, "skipped": 0, "failed": 0}
     with tempfile.TemporaryDirectory(prefix="trainyard-datum-") as tmp:
         work = Path(tmp)
         code_dir = work / "code"
-        store.materialize(code.manifest, code_dir)
+        code_dir.mkdir()
+        if code:
+            store.materialize(code.manifest, code_dir)
         params_file = work / "params.json"
         params_file.write_text(json.dumps(params, sort_keys=True))
-        env_bin = env_bin_for(code, args.venv_cache)
+        env_bin = env_bin_for(code, args.venv_cache) if code else None
         for datum in wanted:
             key = datum_key(units[datum]["id"], version, params)
             record = record_key(args.pipeline, args.step, key)
