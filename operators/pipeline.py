@@ -75,42 +75,65 @@ def training_pipeline(dag_id: str, *, doc_md: str, description: str, tags: list[
         given for one becomes a one-value grid entry unless `hyperparams` already sweeps it
     :param step_options: defaults for every pod step: cpu/memory requests and limits, cache, labels, retries
     """
-    hyperparameters = dict(hyperparameters or {})
+    with training_dag(dag_id, doc_md=doc_md, description=description, tags=tags, source=source, data=data,
+                      hyperparameters=hyperparameters, step_options=step_options, schedule=schedule) as dag:
+        training_tasks(hyperparameters=hyperparameters, step_options=step_options)
+    return dag
+
+
+def training_dag(dag_id: str, *, doc_md: str, description: str, tags: list[str], source: str, data: str,
+                 hyperparameters: dict[str, Param] | None = None, step_options: dict[str, Any] | None = None,
+                 schedule=None, extra_params: dict[str, Param] | None = None) -> DAG:
+    """The DAG object of a training pipeline, with its run params; add tasks inside `with`."""
+    options = _checked_options(dag_id, step_options)
+    params = _run_params(source, data, dict(hyperparameters or {}))
+    clash = set(extra_params or {}) & set(params)
+    if clash:
+        raise PipelineDeclarationError(f"{dag_id}: param(s) {', '.join(sorted(clash))} clash with run options")
+    return DAG(
+        dag_id=dag_id, description=description, doc_md=doc_md + PIPELINE_DOC, schedule=schedule,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, tags=tags,
+        default_args={"retries": options.get("retries", 1), "retry_delay": pendulum.duration(seconds=5)},
+        params={**params, **(extra_params or {})},
+    )
+
+
+def _checked_options(dag_id: str, step_options: dict[str, Any] | None) -> dict[str, Any]:
     options = dict(step_options or {})
     unknown = set(options) - set(STEP_OPTIONS)
     if unknown:
         raise PipelineDeclarationError(f"{dag_id}: unknown step option(s) {', '.join(sorted(unknown))}; "
                                        f"known: {', '.join(STEP_OPTIONS)}")
+    return options
+
+
+def training_tasks(*, hyperparameters: dict[str, Param] | None = None,
+                   step_options: dict[str, Any] | None = None) -> tuple[ResolveInputsOperator, TrainyardStepOperator]:
+    """resolve -> build -> train (mapped) -> register, in the current DAG; returns (first, last) for chaining."""
+    options = dict(step_options or {})
     limits = {k: options[k] for k in ("cpu_limit", "memory_limit") if k in options}
     shared = {k: options[k] for k in ("cache", "labels", "retries") if k in options}
     defaults = {k: options[k] for k in ("cpu", "memory") if k in options}
-
-    with DAG(
-        dag_id=dag_id, description=description, doc_md=doc_md + PIPELINE_DOC, schedule=schedule,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, tags=tags,
-        default_args={"retries": options.get("retries", 1), "retry_delay": pendulum.duration(seconds=5)},
-        params=_run_params(source, data, hyperparameters),
-    ) as dag:
-        resolve = ResolveInputsOperator(
-            task_id="resolve",
-            source="{{ params.source }}", source_ref="{{ params.source_ref }}",
-            data="{{ params.data }}", data_ref="{{ params.data_ref }}",
-            options=conf_json(OPTIONS, declared=list(hyperparameters)), default_resources=defaults,
-            cache=options.get("cache", True),
-        )
-        build = build_step(task_id="build", source=f"{{{{ {PLAN}['source'] }}}}", image=f"{{{{ {PLAN}['image'] }}}}",
-                           skip_reason=f"{{{{ '' if {PLAN}['to_train'] else 'every model is cached: nothing to build' }}}}",
-                           **defaults, **limits, **shared)
-        train = train_step(
-            task_id="train",
-            source=f"{{{{ {PLAN}['source'] }}}}", data=f"{{{{ {PLAN}['data'] }}}}", image=f"{{{{ {PLAN}['image'] }}}}",
-            cpu=f"{{{{ {PLAN}['resources']['cpu'] }}}}", memory=f"{{{{ {PLAN}['resources']['memory'] }}}}",
-            gpu=f"{{{{ {PLAN}['resources']['gpu'] }}}}", timeout=f"{{{{ {PLAN}['timeout'] or '' }}}}",
-            combinations=resolve.output, **limits, **shared,
-        )
-        # all_done: one failed combination must not stop the others from being registered and reported.
-        register = TrainyardStepOperator(task_id="register", step="register", trigger_rule="all_done",
-                                         arguments=["--pipeline", "{{ dag.dag_id }}"],
-                                         **{"cpu": "0.25", "memory": "256Mi", **defaults, **limits, **shared})
-        resolve >> build >> train >> register
-    return dag
+    resolve = ResolveInputsOperator(
+        task_id="resolve",
+        source="{{ params.source }}", source_ref="{{ params.source_ref }}",
+        data="{{ params.data }}", data_ref="{{ params.data_ref }}",
+        options=conf_json(OPTIONS, declared=list(hyperparameters or {})), default_resources=defaults,
+        cache=options.get("cache", True),
+    )
+    build = build_step(task_id="build", source=f"{{{{ {PLAN}['source'] }}}}", image=f"{{{{ {PLAN}['image'] }}}}",
+                       skip_reason=f"{{{{ '' if {PLAN}['to_train'] else 'every model is cached: nothing to build' }}}}",
+                       **defaults, **limits, **shared)
+    train = train_step(
+        task_id="train",
+        source=f"{{{{ {PLAN}['source'] }}}}", data=f"{{{{ {PLAN}['data'] }}}}", image=f"{{{{ {PLAN}['image'] }}}}",
+        cpu=f"{{{{ {PLAN}['resources']['cpu'] }}}}", memory=f"{{{{ {PLAN}['resources']['memory'] }}}}",
+        gpu=f"{{{{ {PLAN}['resources']['gpu'] }}}}", timeout=f"{{{{ {PLAN}['timeout'] or '' }}}}",
+        combinations=resolve.output, **limits, **shared,
+    )
+    # all_done: one failed combination must not stop the others from being registered and reported.
+    register = TrainyardStepOperator(task_id="register", step="register", trigger_rule="all_done",
+                                     arguments=["--pipeline", "{{ dag.dag_id }}"],
+                                     **{"cpu": "0.25", "memory": "256Mi", **defaults, **limits, **shared})
+    resolve >> build >> train >> register
+    return resolve, register
