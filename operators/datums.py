@@ -125,8 +125,12 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
                code_repo: str | None = None,
                combine: str = "single", params: dict[str, Any] | None = None, code_ref: str = "latest",
                max_tasks: int | None = None, parallelism: int | None = None, attempts: int = 2,
-               **step_options) -> tuple[BaseOperator, Any, TrainyardStepOperator]:
-    """Wire plan -> mapped datum tasks -> collect for one step; returns the three so callers can chain them."""
+               nest_outputs: bool = False, **step_options) -> tuple[BaseOperator, Any, TrainyardStepOperator]:
+    """Wire plan -> mapped datum tasks -> collect for one step; returns the three so callers can chain them.
+
+    nest_outputs puts each datum's outputs under a folder named after it, for transforms that write the same file
+    name for every datum (Pachyderm merges all outputs into one tree, so they would collide).
+    """
     plan = PlanDatumsOperator(task_id=f"{step}_plan", step=step, inputs=inputs, combine=combine,
                               code_repo=code_repo, code_ref=code_ref, transform=transform, params=params,
                               max_tasks=max_tasks)
@@ -142,7 +146,7 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
         arguments=["--inputs", f"{{{{ {planned}['inputs'] | tojson }}}}", "--code", f"{{{{ {planned}['code'] }}}}",
                    "--step", step, "--pipeline", "{{ dag.dag_id }}", "--output", output_repo],
         literal_arguments=["--combine", combine, "--transform", transform,
-                           "--params", json.dumps(params or {}, sort_keys=True)],
+                           "--params", json.dumps(params or {}, sort_keys=True), *(["--nest"] if nest_outputs else [])],
         **step_options,
     )
     plan >> mapped >> collect

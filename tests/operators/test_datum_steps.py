@@ -36,7 +36,7 @@ with DAG("datum_test", schedule=None, start_date=pendulum.datetime(2026, 1, 1), 
                              transform="upper/transform", output_repo="upper-out", max_tasks=8)
     # a join, Pachyderm's join_on: each raw datum with the upper-cased output named after it
     pair_plan, _, _ = datum_step(
-        "pair", combine="inner", code_repo="steps", transform="pair/transform", output_repo="pairs",
+        "pair", combine="inner", code_repo="steps", transform="pair/transform", output_repo="pairs", nest_outputs=True,
         inputs=[{"name": "raw", "repo": "rawdata", "glob": "/captions.tsv/*", "join_on": "/captions.tsv/(*)"},
                 {"name": "upper", "repo": "upper-out", "glob": "/*", "join_on": "/captions.tsv_(*).txt"}])
     upper >> pair_plan
@@ -48,7 +48,7 @@ src, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 raw = "".join(p.read_text() for p in sorted((src / "raw").rglob("*")) if p.is_file())
 upper = "".join(p.read_text() for p in sorted((src / "upper").rglob("*")) if p.is_file())
 assert upper == raw.upper(), (raw, upper)
-(out / (os.environ["TRAINYARD_DATUM"] + ".pair")).write_text(f"{len(raw.splitlines())} lines matched")
+(out / "pair.txt").write_text(f"{len(raw.splitlines())} lines matched")  # the same name for every datum
 """
 
 
@@ -108,7 +108,7 @@ def test_a_datum_step_processes_only_new_datums_and_retries_a_failed_one_alone(a
     assert store.get_blob_bytes(out.manifest["captions.tsv_0000000000000001.txt"]["sha256"]) == \
         "".join(f"LINE {i}\n" for i in range(5, 10)).encode()
     pairs = store.resolve("pairs")
-    assert sorted(pairs.manifest) == [f"{i:016d}.pair" for i in range(20)]
+    assert sorted(pairs.manifest) == [f"{i:016d}/pair.txt" for i in range(20)]  # nested per datum
 
     captions.write_text(_lines(105))  # append 5 lines: exactly one new datum
     put_file(store, "rawdata", captions, split="line", target_file_datums=5)

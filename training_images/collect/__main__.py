@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline", default=os.environ.get("TRAINYARD_DAG_ID", "datums"))
     parser.add_argument("--params", default="{}")
     parser.add_argument("--output", required=True, help="the repo the merged output is committed to")
+    parser.add_argument("--nest", action="store_true",
+                        help="put each datum's outputs under a folder named after the datum (for transforms that "
+                             "write the same file name for every datum)")
     args = parser.parse_args(argv)
 
     params = json.loads(args.params)
@@ -41,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         except NotFound:  # the datum failed, or its task never ran
             missing.append(datum)
             continue
-        for path, entry in record["outputs"].items():
+        prefix = datum.strip("/").replace("/", "_").replace(" ", "") + "/" if args.nest else ""
+        for rel, entry in record["outputs"].items():
+            path = prefix + rel
             if path in merged and merged[path]["sha256"] != entry["sha256"]:
                 raise SystemExit(f"datums {origin[path]} and {datum} both wrote {path!r} with different content; "
                                  "each datum must write distinct output paths")
