@@ -56,7 +56,8 @@ class PlanDatumsOperator(BaseOperator):
 
     def __init__(self, *, step: str, inputs: list[dict[str, str]], code_repo: str | None, transform: str,
                  combine: str = "single", params: dict[str, Any] | None = None, code_ref: str = "latest",
-                 max_tasks: int | None = None, store_uri: str | None = None, **kwargs) -> None:
+                 code_paths: Sequence[str] = (), max_tasks: int | None = None, store_uri: str | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.step = step
         self.inputs = _check_inputs(step, inputs, combine)
@@ -66,6 +67,7 @@ class PlanDatumsOperator(BaseOperator):
                                             "that holds it (only builtin: transforms need none)")
         self.code_repo, self.code_ref = code_repo, code_ref
         self.transform = transform
+        self.code_paths = list(code_paths)
         self.params = dict(params or {})
         self.max_tasks = max_tasks
         self.store_uri = store_uri
@@ -85,7 +87,7 @@ class PlanDatumsOperator(BaseOperator):
                                            join_on=spec.get("join_on")))
         code = store.resolve(self.code_repo, self.code_ref) if self.code_repo else None
         units = work_units(datum_inputs, self.combine)
-        version = transform_version(self.transform, code.manifest if code else None)
+        version = transform_version(self.transform, code.manifest if code else None, self.code_paths)
         pipeline = context["dag"].dag_id
         pending = [name for name, unit in sorted(units.items())
                    if not store.exists(record_key(pipeline, self.step, datum_key(unit["id"], version, self.params)))]
@@ -94,7 +96,8 @@ class PlanDatumsOperator(BaseOperator):
                       self.step, len(units), ", ".join(f"{r['repo']}:{r['commit'][:5]}" for r in resolved),
                       self.combine, len(pending), len(chunks), len(units) - len(pending))
         context["ti"].xcom_push(key="plan", value={
-            "inputs": resolved, "code": f"{code.repo}:{code.id}" if code else "", "datums": len(units), "pending": len(pending),
+            "inputs": resolved, "code": f"{code.repo}:{code.id}" if code else "", "code_version": version,
+            "datums": len(units), "pending": len(pending),
             "skipped": len(units) - len(pending), "tasks": len(chunks)})
         return [{"datums": c, "label": c[0] if len(c) == 1 else f"{c[0]} .. {c[-1]} ({len(c)})"} for c in chunks]
 
@@ -115,7 +118,7 @@ class DatumStepOperator(TrainyardStepOperator):
         self.chunk = chunk
         plan = _plan(plan_task)
         arguments = ["--inputs", f"{{{{ {plan}['inputs'] | tojson }}}}", "--code", f"{{{{ {plan}['code'] }}}}",
-                     "--step", step_name, "--pipeline", "{{ dag.dag_id }}", "--attempts", str(attempts)]
+                     "--code-version", f"{{{{ {plan}['code_version'] }}}}", "--step", step_name, "--pipeline", "{{ dag.dag_id }}", "--attempts", str(attempts)]
         literal = ["--combine", combine, "--transform", transform,
                    "--params", json.dumps(params or {}, sort_keys=True), "--datums", json.dumps(chunk["datums"])]
         super().__init__(step="datum", arguments=arguments, literal_arguments=literal, **kwargs)
@@ -124,7 +127,8 @@ class DatumStepOperator(TrainyardStepOperator):
 def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, output_repo: str,
                code_repo: str | None = None,
                combine: str = "single", params: dict[str, Any] | None = None, code_ref: str = "latest",
-               max_tasks: int | None = None, parallelism: int | None = None, attempts: int = 2,
+               code_paths: Sequence[str] = (), max_tasks: int | None = None, parallelism: int | None = None,
+               attempts: int = 2,
                nest_outputs: bool = False, **step_options) -> tuple[BaseOperator, Any, TrainyardStepOperator]:
     """Wire plan -> mapped datum tasks -> collect for one step; returns the three so callers can chain them.
 
@@ -133,7 +137,7 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
     """
     plan = PlanDatumsOperator(task_id=f"{step}_plan", step=step, inputs=inputs, combine=combine,
                               code_repo=code_repo, code_ref=code_ref, transform=transform, params=params,
-                              max_tasks=max_tasks)
+                              code_paths=code_paths, max_tasks=max_tasks)
     mapped = DatumStepOperator.partial(
         task_id=step, plan_task=plan.task_id, step_name=step, combine=combine, transform=transform, params=params,
         attempts=attempts, max_active_tis_per_dagrun=parallelism or int(config.load().parallelism),
@@ -144,7 +148,7 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
     collect = TrainyardStepOperator(
         task_id=f"{step}_collect", step="collect", trigger_rule="none_failed",
         arguments=["--inputs", f"{{{{ {planned}['inputs'] | tojson }}}}", "--code", f"{{{{ {planned}['code'] }}}}",
-                   "--step", step, "--pipeline", "{{ dag.dag_id }}", "--output", output_repo],
+                   "--code-version", f"{{{{ {planned}['code_version'] }}}}", "--step", step, "--pipeline", "{{ dag.dag_id }}", "--output", output_repo],
         literal_arguments=["--combine", combine, "--transform", transform,
                            "--params", json.dumps(params or {}, sort_keys=True), *(["--nest"] if nest_outputs else [])],
         **step_options,

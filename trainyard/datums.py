@@ -422,15 +422,16 @@ def code_version(manifest: dict[str, dict], paths: list[str]) -> str:
 BUILTIN_TRANSFORMS = {"fetch-urls": "1"}
 
 
-def transform_version(transform: str, manifest: dict[str, dict] | None) -> str:
-    """The code version of a step's transform: a built-in's declared version, else the hash of its folder's files."""
+def transform_version(transform: str, manifest: dict[str, dict] | None, code_paths: list[str] = ()) -> str:
+    """The code version of a step's transform: a built-in's declared version, else the hash of its folder's files
+    plus those of `code_paths` (shared modules it imports, e.g. steps/common)."""
     if transform.startswith("builtin:"):
         name = transform.removeprefix("builtin:")
         if name not in BUILTIN_TRANSFORMS:
             raise DatumError(f"unknown built-in transform {transform!r}; known: "
                              f"{', '.join('builtin:' + n for n in BUILTIN_TRANSFORMS)}")
         return f"builtin:{name}:{BUILTIN_TRANSFORMS[name]}"
-    return code_version(manifest or {}, [transform_code_dir(transform)])
+    return code_version(manifest or {}, [transform_code_dir(transform), *code_paths])
 
 
 def transform_code_dir(transform: str) -> str:

@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", required=True, help="the step's resolved inputs, as the datum step takes them")
     parser.add_argument("--combine", default="single")
     parser.add_argument("--code", default="", help="source commit holding the transform, as repo:id (none for builtin:)")
+    parser.add_argument("--code-version", default="", help="the code version the plan computed (keys outputs)")
     parser.add_argument("--transform", required=True)
     parser.add_argument("--step", required=True)
     parser.add_argument("--pipeline", default=os.environ.get("TRAINYARD_DAG_ID", "datums"))
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     store = contract.store_from_env()
     units, specs = load_units(store, args.inputs, args.combine)
     code = store.resolve(*parse_ref(args.code)) if args.code else None
-    version = transform_version(args.transform, code.manifest if code else None)
+    # The plan's version is authoritative, so every task of a run keys outputs the same way.
+    version = args.code_version or transform_version(args.transform, code.manifest if code else None)
     merged: dict[str, dict] = {}
     origin: dict[str, str] = {}
     missing = []

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                         help='JSON list of resolved inputs [{"name", "repo", "commit", "glob", "join_on"}]')
     parser.add_argument("--combine", default="single", help="single, inner or outer (join), or cross")
     parser.add_argument("--code", default="", help="source commit holding the transform, as repo:id (none for builtin:)")
+    parser.add_argument("--code-version", default="", help="the code version the plan computed (keys outputs)")
     parser.add_argument("--transform", required=True, help="the transform's path in the source bundle")
     parser.add_argument("--step", required=True, help="step name; outputs are keyed per pipeline and step")
     parser.add_argument("--pipeline", default=os.environ.get("TRAINYARD_DAG_ID", "datums"))
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in wanted if d not in units]
     if unknown:
         raise SystemExit(f"datums {', '.join(unknown[:5])} are not among the step's inputs {args.inputs}")
-    version = transform_version(args.transform, code.manifest if code else None)
+    # The plan's version is authoritative, so every task of a run keys outputs the same way.
+    version = args.code_version or transform_version(args.transform, code.manifest if code else None)
     results, counts = [], {"processed": 0, "skipped": 0, "failed": 0}
     with tempfile.TemporaryDirectory(prefix="trainyard-datum-") as tmp:
         work = Path(tmp)
