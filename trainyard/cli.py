@@ -118,8 +118,9 @@ def cmd_deploy(args) -> int:
     settings = config.load(store=args.store, runner="local" if args.local else None,
                            parallelism=args.parallelism).validate()
     options = _deploy_conf(args, settings)
-    if bool(args.data) == bool(args.manifest):
-        raise ConfigError("give the data as exactly one of -d/--data DIR or -m/--manifest FILE")
+    if args.data and args.manifest or not (args.data or args.manifest or args.upload_only):
+        raise ConfigError("give the data as exactly one of -d/--data DIR or -m/--manifest FILE "
+                          "(only --upload-only may leave both out, to commit the source alone)")
     # Validate the bundles and the manifest completely before anything is uploaded, so a bad input stores nothing.
     source_bundle = SourceBundle.load(args.source)
     data_bundle = DataBundle.load(args.data) if args.data else None
@@ -127,18 +128,20 @@ def cmd_deploy(args) -> int:
     store = open_store(settings.store)
     quiet = args.json
     source, _, source_report = deploy_bundle(store, source_bundle, message=args.message, quiet=quiet)
+    data, data_blobs, data_bytes = None, 0, 0
     if data_bundle is not None:
         data, _, data_report = deploy_bundle(store, data_bundle, message=args.message, quiet=quiet)
         data_blobs, data_bytes = data_report.blobs_uploaded, data_report.bytes_uploaded
-    else:
+    elif manifest is not None:
         data, stats = _ingest(store, manifest, args.data_repo or _manifest_repo(args.manifest), args, settings)
         data_blobs, data_bytes = stats["blobs_uploaded"], stats["bytes_uploaded"]
     uploaded = {"blobs": source_report.blobs_uploaded + data_blobs,
                 "bytes": source_report.bytes_uploaded + data_bytes}
-    result: dict = {"source": source.id, "source_ref": source.ref, "data": data.id, "data_ref": data.ref,
-                    "uploaded": uploaded, "store": store.uri}
+    result: dict = {"source": source.id, "source_ref": source.ref, "data": data and data.id,
+                    "data_ref": data and data.ref, "uploaded": uploaded, "store": store.uri}
     if not quiet:
-        print(f"source {source.ref}  data {data.ref}  uploaded {uploaded['blobs']} blob(s), {uploaded['bytes']} bytes")
+        print(f"source {source.ref}  data {data.ref if data else '-'}  uploaded {uploaded['blobs']} blob(s), "
+              f"{uploaded['bytes']} bytes")
     if args.upload_only:
         _emit(result, args.json, None)
         return 0

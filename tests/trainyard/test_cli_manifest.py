@@ -71,8 +71,9 @@ def test_loopback_urls_are_refused_without_the_local_allowance(tmp_path, served_
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and "features.mf:1" in line and "url_allow_loopback" in line
     assert store_keys(store) == before
-    assert main(["--store", uri, "deploy", "-s", str(MNIST / "model-train"), "--upload-only"]) == 2
+    assert main(["--store", uri, "deploy", "-s", str(MNIST / "model-train"), "--local"]) == 2
     assert "exactly one of -d/--data DIR or -m/--manifest FILE" in capsys.readouterr().err
+    assert main(["--store", uri, "deploy", "-s", str(MNIST / "model-train"), "--upload-only"]) == 0  # source alone
 
 
 def test_data_ingest_reports_what_it_downloaded(tmp_path, served_mnist, capsys, monkeypatch):
