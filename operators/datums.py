@@ -50,12 +50,13 @@ class PlanDatumsOperator(BaseOperator):
 
     :param inputs: [{"repo", "glob", "name"?, "join_on"?, "ref"?}]; one input, or two for a join or cross
     :param combine: single, inner / outer (join on the inputs' capture groups) or cross
+    :param step_params: the transform's params (TRAINYARD_PARAMS); part of every output's key
     """
 
     template_fields: Sequence[str] = ("code_ref",)
 
     def __init__(self, *, step: str, inputs: list[dict[str, str]], code_repo: str | None, transform: str,
-                 combine: str = "single", params: dict[str, Any] | None = None, code_ref: str = "latest",
+                 combine: str = "single", step_params: dict[str, Any] | None = None, code_ref: str = "latest",
                  code_paths: Sequence[str] = (), max_tasks: int | None = None, store_uri: str | None = None,
                  **kwargs) -> None:
         super().__init__(**kwargs)
@@ -68,7 +69,7 @@ class PlanDatumsOperator(BaseOperator):
         self.code_repo, self.code_ref = code_repo, code_ref
         self.transform = transform
         self.code_paths = list(code_paths)
-        self.params = dict(params or {})
+        self.step_params = dict(step_params or {})
         self.max_tasks = max_tasks
         self.store_uri = store_uri
 
@@ -90,7 +91,7 @@ class PlanDatumsOperator(BaseOperator):
         version = transform_version(self.transform, code.manifest if code else None, self.code_paths)
         pipeline = context["dag"].dag_id
         pending = [name for name, unit in sorted(units.items())
-                   if not store.exists(record_key(pipeline, self.step, datum_key(unit["id"], version, self.params)))]
+                   if not store.exists(record_key(pipeline, self.step, datum_key(unit["id"], version, self.step_params)))]
         chunks = chunk(pending, self.max_tasks or int(config.load().max_datum_tasks)) if pending else []
         self.log.info("%s: %s datum(s) from %s (%s); %s to process in %s task(s), %s already processed",
                       self.step, len(units), ", ".join(f"{r['repo']}:{r['commit'][:5]}" for r in resolved),
@@ -114,19 +115,19 @@ class DatumStepOperator(TrainyardStepOperator):
     """
 
     def __init__(self, *, chunk: dict, plan_task: str, step_name: str, combine: str, transform: str,
-                 params: dict[str, Any] | None = None, attempts: int = 2, **kwargs) -> None:
+                 step_params: dict[str, Any] | None = None, attempts: int = 2, **kwargs) -> None:
         self.chunk = chunk
         plan = _plan(plan_task)
         arguments = ["--inputs", f"{{{{ {plan}['inputs'] | tojson }}}}", "--code", f"{{{{ {plan}['code'] }}}}",
                      "--code-version", f"{{{{ {plan}['code_version'] }}}}", "--step", step_name, "--pipeline", "{{ dag.dag_id }}", "--attempts", str(attempts)]
         literal = ["--combine", combine, "--transform", transform,
-                   "--params", json.dumps(params or {}, sort_keys=True), "--datums", json.dumps(chunk["datums"])]
+                   "--params", json.dumps(step_params or {}, sort_keys=True), "--datums", json.dumps(chunk["datums"])]
         super().__init__(step="datum", arguments=arguments, literal_arguments=literal, **kwargs)
 
 
 def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, output_repo: str,
                code_repo: str | None = None,
-               combine: str = "single", params: dict[str, Any] | None = None, code_ref: str = "latest",
+               combine: str = "single", step_params: dict[str, Any] | None = None, code_ref: str = "latest",
                code_paths: Sequence[str] = (), max_tasks: int | None = None, parallelism: int | None = None,
                attempts: int = 2,
                nest_outputs: bool = False, **step_options) -> tuple[BaseOperator, Any, TrainyardStepOperator]:
@@ -136,10 +137,11 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
     name for every datum (Pachyderm merges all outputs into one tree, so they would collide).
     """
     plan = PlanDatumsOperator(task_id=f"{step}_plan", step=step, inputs=inputs, combine=combine,
-                              code_repo=code_repo, code_ref=code_ref, transform=transform, params=params,
+                              code_repo=code_repo, code_ref=code_ref, transform=transform, step_params=step_params,
                               code_paths=code_paths, max_tasks=max_tasks)
     mapped = DatumStepOperator.partial(
-        task_id=step, plan_task=plan.task_id, step_name=step, combine=combine, transform=transform, params=params,
+        task_id=step, plan_task=plan.task_id, step_name=step, combine=combine, transform=transform,
+        step_params=step_params,
         attempts=attempts, max_active_tis_per_dagrun=parallelism or int(config.load().parallelism),
         map_index_template="{{ task.chunk['label'] }}", **step_options,
     ).expand(chunk=plan.output)
@@ -150,7 +152,8 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
         arguments=["--inputs", f"{{{{ {planned}['inputs'] | tojson }}}}", "--code", f"{{{{ {planned}['code'] }}}}",
                    "--code-version", f"{{{{ {planned}['code_version'] }}}}", "--step", step, "--pipeline", "{{ dag.dag_id }}", "--output", output_repo],
         literal_arguments=["--combine", combine, "--transform", transform,
-                           "--params", json.dumps(params or {}, sort_keys=True), *(["--nest"] if nest_outputs else [])],
+                           "--params", json.dumps(step_params or {}, sort_keys=True),
+                           *(["--nest"] if nest_outputs else [])],
         **step_options,
     )
     plan >> mapped >> collect
