@@ -262,10 +262,44 @@ def _find_model(store: Store, text: str) -> dict:
     return store.get_json(matches[0])
 
 
+def _file_info(store: Store, args) -> int:
+    """What produced a file of a datum step's output repo: the step, the datum and each input commit."""
+    from trainyard.datums import provenance_key, record_key
+
+    repo, _, path = args.file.partition(":")
+    if not path:
+        raise ConfigError(f"--file takes REPO:PATH, e.g. predictions:image.png.txt; got {args.file!r}")
+    commit = store.resolve(repo, args.ref)
+    if path not in commit.manifest:
+        raise NotFound(f"{path!r} is not in {commit.ref}; list its files with `trainyard data inspect {repo}`")
+    try:
+        provenance = store.get_json(provenance_key(commit.repo, commit.id))
+    except NotFound:
+        raise NotFound(f"{commit.ref} was not written by a datum step, so it records no provenance; "
+                       f"see `trainyard data inspect {commit.ref}`") from None
+    origin = provenance["files"][path]
+    record = store.get_json(record_key(provenance["pipeline"], provenance["step"], origin["key"]))
+    inputs = [{**spec, "message": store.get_commit(spec["repo"], spec["commit"]).message}
+              for spec in record.get("inputs", provenance["inputs"])]
+    if args.json:
+        print(json.dumps({"file": path, "commit": commit.id, "pipeline": provenance["pipeline"],
+                          "step": provenance["step"], "datum": origin["datum"], "inputs": inputs,
+                          "seconds": record.get("seconds"), "attempts": record.get("attempts")}, indent=2))
+        return 0
+    print(f"file      {commit.repo}:{path}  (commit {commit.short})")
+    print(f"made by   {provenance['pipeline']}.{provenance['step']}  datum {origin['datum']}  "
+          f"{record.get('seconds', 0):.2f} s, {record.get('attempts', 1)} attempt(s)")
+    for spec in inputs:
+        print(f"input     {spec['name']}: {spec['repo']}:{spec['commit'][:5]}  {spec['message']}")
+    return 0
+
+
 def cmd_info(args) -> int:
     store = _store(args)
     if args.model:
         return _model_info(store, args)
+    if args.file:
+        return _file_info(store, args)
     if args.index is None:
         raise TrainyardError("give --model ID or -i N (a run number from `trainyard list`, 0 is the newest)")
     run = runs.nth_run(store, args.pipeline, args.index)
@@ -522,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = info.add_mutually_exclusive_group()
     which.add_argument("--model", help="model id or a unique prefix")
     which.add_argument("-i", "--index", type=int, help="run number from `trainyard list` (0 is the newest)")
+    which.add_argument("--file", help="REPO:PATH of a datum step's output: which step, datum and inputs made it")
+    info.add_argument("--ref", default="latest", help="with --file: the commit (default latest)")
     info.add_argument("-s", "--sort", metavar="METRIC", help="rank by NAME[:max|min] (default: the run's metric)")
     info.add_argument("--pipeline", default="train_pipeline")
     info.add_argument("--json", action="store_true")

@@ -444,6 +444,11 @@ def datum_key(datum: str, code: str, params: dict[str, Any]) -> str:
     return sha256_bytes(canonical_json({"datum": datum, "code": code, "params": params}))
 
 
+def provenance_key(repo: str, commit_id: str) -> str:
+    """Where a datum step's output commit records which datum produced each of its files."""
+    return f"provenance/{repo}/{commit_id}.json"
+
+
 def record_key(pipeline: str, step: str, key: str) -> str:
     """Where a processed datum's output record lives; its existence is what makes a re-run skip the datum."""
     return f"datums/{pipeline}/{step}/{key}.json"

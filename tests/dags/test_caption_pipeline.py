@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -38,7 +39,7 @@ def _plan(run_id: str, task_id: str) -> dict:
         return row.value
 
 
-def test_caption_pipeline_processes_only_new_datums(airflow_db, tmp_path, monkeypatch, image_server):
+def test_caption_pipeline_processes_only_new_datums(airflow_db, tmp_path, monkeypatch, image_server, capsys):
     from operators.inprocess import run_pipeline
 
     uri = f"file://{tmp_path / 'store'}"
@@ -72,3 +73,25 @@ def test_caption_pipeline_processes_only_new_datums(airflow_db, tmp_path, monkey
     assert len(store.resolve("images").manifest) == 105
     (retrained,) = second["results"]["models"]
     assert retrained["model_id"] != model["model_id"]  # new consolidated data, new model
+
+    # predict: a committed image crossed with the latest model gives its caption, with the model in its lineage
+    from trainyard.cli import main
+
+    image = CAPTIONING / "data" / "heldout" / "images" / "heldout_0000.png"
+    put_file(store, "inpredict", image)
+    predicted = run_pipeline("predict", {}, store_uri=uri)
+    assert predicted["state"] == "success"
+    out = store.resolve("predictions")
+    assert sorted(out.manifest) == ["heldout_0000.png.txt"]
+    caption = store.get_blob_bytes(out.manifest["heldout_0000.png.txt"]["sha256"]).decode().strip()
+    expected = next(line.split("\t")[0] for line in (CAPTIONING / "data/heldout/captions.tsv").read_text().splitlines()
+                    if "heldout_0000.png" in line)
+    assert caption.startswith("a ") and caption.split()[1] in ("red", "green", "blue", "yellow")
+    print(f"predicted {caption!r} for {expected!r}")
+    capsys.readouterr()
+    assert main(["--store", uri, "info", "--file", "predictions:heldout_0000.png.txt", "--json"]) == 0
+    lineage = json.loads(capsys.readouterr().out)
+    assert (lineage["pipeline"], lineage["step"]) == ("predict", "predict")
+    model_input = next(i for i in lineage["inputs"] if i["name"] == "model")
+    latest = second["results"]["models"][0]["model_id"]
+    assert model_input["message"] == f"model {latest} (captioning 1.1)"

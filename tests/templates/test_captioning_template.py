@@ -382,7 +382,7 @@ def test_train_beats_chance_and_saves_the_model(pipeline):
 
 def test_predict_captions_every_held_out_image(pipeline):
     predictions = sorted(pipeline["predictions"].glob("*.txt"))
-    assert [p.stem for p in predictions] == [f"heldout_{i:04d}" for i in range(HELDOUT_IMAGES)]
+    assert [p.name for p in predictions] == [f"heldout_{i:04d}.png.txt" for i in range(HELDOUT_IMAGES)]
     _, _, captions = _common()
     vocab = set(json.loads((pipeline["out"] / "model" / "vocab.json").read_text())["tokens"])
     for path in predictions:

@@ -9,7 +9,7 @@ import sys
 
 from training_images.datum.inputs import load_units
 from trainyard import contract
-from trainyard.datums import datum_key, record_key, transform_version
+from trainyard.datums import datum_key, provenance_key, record_key, transform_version
 from trainyard.errors import NotFound
 from trainyard.store import parse_ref
 
@@ -38,9 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     version = args.code_version or transform_version(args.transform, code.manifest if code else None)
     merged: dict[str, dict] = {}
     origin: dict[str, str] = {}
+    keys: dict[str, str] = {}
     missing = []
     for datum, unit in sorted(units.items()):
         key = datum_key(unit["id"], version, params)
+        keys[datum] = key
         try:
             record = store.get_json(record_key(args.pipeline, args.step, key))
         except NotFound:  # the datum failed, or its task never ran
@@ -62,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     over = ", ".join(f"{s['repo']}:{s['commit'][:5]}" for s in specs)
     commit, created = store.commit(args.output, merged,
                                    message=f"{args.pipeline}.{args.step} over {over} ({len(units)} datums)")
+    # Which datum (and so which inputs) produced each output file: what `trainyard info --file` reads.
+    store.put_json(provenance_key(commit.repo, commit.id), {
+        "pipeline": args.pipeline, "step": args.step, "inputs": specs,
+        "files": {path: {"datum": origin[path], "key": keys[origin[path]]} for path in sorted(merged)}})
     print(f"{args.output}: {commit.ref} ({len(merged)} file(s) from {len(units)} datum(s)"
           f"{'' if created else ', unchanged'})", flush=True)
     contract.write_result({"output": f"{commit.repo}:{commit.id}", "ref": commit.ref, "files": len(merged),
