@@ -20,6 +20,7 @@ dag = training_dag(
     tags=["trainyard", "training", "datums"],
     source="captioning",
     data="consolidated",
+    metric="exact_match:max",
 )
 with dag:
     _, _, images = datum_step("images", inputs=[RAW], transform="builtin:fetch-urls", output_repo="images")

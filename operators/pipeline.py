@@ -35,7 +35,8 @@ class PipelineDeclarationError(ValueError):
     """A DAG file declared pipeline options that cannot work; raised when the DAG is parsed."""
 
 
-def _run_params(source: str, data: str, hyperparameters: dict[str, Param]) -> dict[str, Param]:
+def _run_params(source: str, data: str, hyperparameters: dict[str, Param], metric: str | None = None
+                ) -> dict[str, Param]:
     params = {
         "source": Param(source, type="string", pattern=REPO, description="source repo (the bundle's name)"),
         "source_ref": Param("latest", type="string", pattern=REF, description="'latest' or a commit short id"),
@@ -43,7 +44,7 @@ def _run_params(source: str, data: str, hyperparameters: dict[str, Param]) -> di
         "data_ref": Param("latest", type="string", pattern=REF, description="'latest' or a commit short id"),
         "hyperparams": Param({}, type="object", additionalProperties={"type": "array", "minItems": 1, "items": SCALAR},
                              description="grid: each hyperparameter is a list of values, merged over params.json"),
-        "metric": Param(None, type=["null", "string"], pattern=SPEC_PATTERN,
+        "metric": Param(metric, type=["null", "string"], pattern=SPEC_PATTERN,
                         description="metric that picks the best model, e.g. accuracy_test:max or loss:min"),
         "cpu": Param(None, type=["null", "string"], pattern=CPU_PATTERN,
                      description="CPU cores per training task (0.5, 2, 500m); empty: remembered"),
@@ -83,10 +84,11 @@ def training_pipeline(dag_id: str, *, doc_md: str, description: str, tags: list[
 
 def training_dag(dag_id: str, *, doc_md: str, description: str, tags: list[str], source: str, data: str,
                  hyperparameters: dict[str, Param] | None = None, step_options: dict[str, Any] | None = None,
-                 schedule=None, extra_params: dict[str, Param] | None = None) -> DAG:
-    """The DAG object of a training pipeline, with its run params; add tasks inside `with`."""
+                 schedule=None, extra_params: dict[str, Param] | None = None, metric: str | None = None) -> DAG:
+    """The DAG object of a training pipeline, with its run params (metric: the default metric that picks the
+    best model); add tasks inside `with`."""
     options = _checked_options(dag_id, step_options)
-    params = _run_params(source, data, dict(hyperparameters or {}))
+    params = _run_params(source, data, dict(hyperparameters or {}), metric)
     clash = set(extra_params or {}) & set(params)
     if clash:
         raise PipelineDeclarationError(f"{dag_id}: param(s) {', '.join(sorted(clash))} clash with run options")

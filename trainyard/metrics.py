@@ -50,14 +50,20 @@ def available(models: Iterable[dict]) -> list[str]:
     return sorted(names)
 
 
+# Words that mark a metric as a model score, so counts and timings (val_images, train_seconds) are not picked.
+_SCORE_WORDS = ("accuracy", "acc", "f1", "auc", "r2", "bleu", "exact_match", "precision", "recall", "score",
+                "loss", "error", "mse", "mae", "rmse")
+
+
 def default_metric(metrics: dict[str, Any]) -> str | None:
-    """Pick a metric when the user named none: a test score, then a validation score, then the first name."""
+    """Pick a metric when none was named: a test score, then a validation score, then any score, then any name."""
     names = sorted(numeric_metrics(metrics))
+    scores = [n for n in names if any(word in n.lower() for word in _SCORE_WORDS)] or names
     for hint in ("test", "val"):
-        for name in names:
+        for name in scores:
             if hint in name.lower():
                 return name
-    return names[0] if names else None
+    return scores[0] if scores else None
 
 
 def rank(models: list[dict], spec: str) -> tuple[list[dict], list[dict], str, str]:

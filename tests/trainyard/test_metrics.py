@@ -46,3 +46,9 @@ def test_default_metric_prefers_a_test_then_a_validation_score():
     assert default_metric({"accuracy_training": 1, "accuracy_test": 0.9, "accuracy_validation": 0.8}) == "accuracy_test"
     assert default_metric({"loss": 0.2, "val_loss": 0.3}) == "val_loss"
     assert default_metric({"report": "text"}) is None
+
+
+def test_default_metric_skips_counts_and_timings():
+    metrics = {"val_images": 58, "train_seconds": 4.1, "exact_match": 0.95, "bleu": 0.98, "val_loss": 0.2}
+    assert default_metric(metrics) == "val_loss"
+    assert default_metric({"val_images": 58, "exact_match": 0.95, "bleu": 0.98}) == "bleu"
