@@ -53,7 +53,7 @@ class PlanDatumsOperator(BaseOperator):
     :param step_params: the transform's params (TRAINYARD_PARAMS); part of every output's key
     """
 
-    template_fields: Sequence[str] = ("code_ref",)
+    template_fields: Sequence[str] = ("code_ref", "inputs")
 
     def __init__(self, *, step: str, inputs: list[dict[str, str]], code_repo: str | None, transform: str,
                  combine: str = "single", step_params: dict[str, Any] | None = None, code_ref: str = "latest",

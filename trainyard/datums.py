@@ -419,7 +419,7 @@ def code_version(manifest: dict[str, dict], paths: list[str]) -> str:
 
 
 # Transforms trainyard ships (`builtin:<name>`); bump a version when its output for the same input changes.
-BUILTIN_TRANSFORMS = {"fetch-urls": "1"}
+BUILTIN_TRANSFORMS = {"fetch-urls": "1", "fetch-manifest": "1"}
 
 
 def transform_version(transform: str, manifest: dict[str, dict] | None, code_paths: list[str] = ()) -> str:

@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             results.append({k: v for k, v in outcome.items() if k != "outputs"})
     print(f"step {args.step}: {counts['processed']} processed, {counts['skipped']} skipped, "
           f"{counts['failed']} failed", flush=True)
+    # Failures last: the task's error message is the step's last line, so it names the datum and its error.
+    for outcome in results:
+        if outcome["status"] == "failed":
+            print(f"datum {outcome['datum']} failed after {outcome['attempts']} attempt(s): {outcome['error']}",
+                  flush=True)
     contract.write_result({**counts, "datums": results})
     return 1 if counts["failed"] else 0
 
