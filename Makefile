@@ -34,6 +34,8 @@ bench: setup
 	$(PY) bench/pipeline
 	$(PY) bench/cache
 	$(PY) bench/sweep
+	$(PY) bench/datums
+	$(PY) bench/ingest
 
 clean:
 	rm -rf $(AIRFLOW_HOME) .pytest_cache

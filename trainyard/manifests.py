@@ -274,8 +274,9 @@ def _fetch_file(entry: ManifestEntry, sink: _Sink) -> None:
 
 
 def _fetch(entry: ManifestEntry, dest: Path, policy: UrlPolicy, *, attempts: int, backoff: float, timeout: float,
-           s3_client, progress: Callable[[int], Any] | None) -> tuple[int, int]:
-    """Download one entry to dest; returns (bytes written, retries). Raises ManifestError once attempts are spent."""
+           s3_client, progress: Callable[[int], Any] | None) -> tuple[int, int, str]:
+    """Download one entry to dest; returns (bytes written, retries, sha256). Raises ManifestError once attempts are
+    spent."""
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +303,7 @@ def _fetch(entry: ManifestEntry, dest: Path, policy: UrlPolicy, *, attempts: int
                     _fetch_file(entry, sink)
                 sink.verify()
             os.replace(tmp, dest)
-            return sink.written, attempt
+            return sink.written, attempt, sink.digest.hexdigest()
         except UrlPolicyError as exc:
             # Raised from inside urllib: a redirect or the connected address broke the policy.
             tmp.unlink(missing_ok=True)
@@ -372,6 +373,7 @@ def ingest(entries: Iterable[ManifestEntry], store: Store, repo: str, policy: Ur
     lock = threading.Lock()
     failures: list[tuple[ManifestEntry, str]] = []
     done: dict[str, Path] = {}
+    hashes: dict[str, str] = {}
     totals = {"bytes": 0, "retries": 0}
 
     with tempfile.TemporaryDirectory(prefix="trainyard-ingest-") as tmp:
@@ -380,14 +382,15 @@ def ingest(entries: Iterable[ManifestEntry], store: Store, repo: str, policy: Ur
             # Local names are indexes, never manifest paths, so nothing from the manifest shapes local file names.
             local = Path(tmp) / f"{index:07d}"
             try:
-                written, retries = _fetch(entry, local, policy, attempts=attempts, backoff=backoff, timeout=timeout,
-                                          s3_client=s3_client, progress=bar.update)
+                written, retries, sha = _fetch(entry, local, policy, attempts=attempts, backoff=backoff,
+                                               timeout=timeout, s3_client=s3_client, progress=bar.update)
             except ManifestError as exc:
                 with lock:
                     failures.append((entry, str(exc)))
                 return
             with lock:
                 done[entry.path] = local
+                hashes[entry.path] = sha
                 totals["bytes"] += written
                 totals["retries"] += retries
 
@@ -399,7 +402,8 @@ def ingest(entries: Iterable[ManifestEntry], store: Store, repo: str, policy: Ur
         if failures:
             failures.sort(key=lambda f: f[0].line)
             raise ManifestError(_failure_message(source, failures, len(entries)), failures)
-        report = store.upload_files(done, quiet=quiet, desc=repo, repo=repo)
+        # The downloads were hashed as they streamed; hashing them again for the upload would double the work.
+        report = store.upload_files(done, quiet=quiet, desc=repo, repo=repo, known_hashes=hashes)
         commit, created = store.commit(repo, report.manifest,
                                        message=message or f"ingest {len(entries)} files from a data manifest")
     stats = {"files": len(entries), "bytes": totals["bytes"], "retries": totals["retries"],

@@ -211,11 +211,13 @@ class Store:
         return known, complete
 
     def upload_files(self, files: Mapping[str, Path], *, quiet: bool = True, desc: str = "",
-                     repo: str | None = None) -> UploadReport:
+                     repo: str | None = None, known_hashes: Mapping[str, str] | None = None) -> UploadReport:
         """Hash and upload files (relative path -> local path); blobs already stored send no bytes.
 
-        Pass the target repo so its head manifest counts as proof that unchanged files are stored.
+        Pass the target repo so its head manifest counts as proof that unchanged files are stored, and
+        known_hashes for files this process already hashed while writing them (a verified download).
         """
+        known_hashes = known_hashes or {}
         total = sum(p.stat().st_size for p in files.values())
         bars = progress_bars_enabled(quiet)
         hashing = _Bar(total, f"hashing {desc}".strip(), bars, 0)
@@ -228,7 +230,11 @@ class Store:
         def one(item: tuple[str, Path]) -> None:
             rel, path = item
             size = path.stat().st_size
-            sha = sha256_file(path, hashing.update)
+            sha = known_hashes.get(rel)
+            if sha is None:
+                sha = sha256_file(path, hashing.update)
+            else:
+                hashing.update(size)
             with lock:
                 report.manifest[rel] = {"sha256": sha, "size": size}
                 first = sha not in claimed
