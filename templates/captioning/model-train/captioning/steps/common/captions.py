@@ -46,7 +46,7 @@ def image_key(name_or_url: str) -> str:
 
 def feature_key(path: Path) -> str:
     """Key of a feature file: ``img_0001.npy`` and ``img_0001.png.npy`` both give ``img_0001``."""
-    name = path.name[: -len(".npy")] if path.name.endswith(".npy") else path.name
+    name = path.name.removesuffix(".npy")
     return image_key(name)
 
 
