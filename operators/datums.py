@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 
 from operators.hooks import StoreHook
 from operators.step import TrainyardStepOperator
@@ -125,6 +125,23 @@ class DatumStepOperator(TrainyardStepOperator):
         super().__init__(step="datum", arguments=arguments, literal_arguments=literal, **kwargs)
 
 
+def repo_asset(repo: str) -> Asset:
+    """The Airflow Asset of a trainyard repo: a DAG scheduled on it runs when a step commits to the repo."""
+    return Asset(uri=f"trainyard://repos/{repo}", name=f"trainyard-repo-{repo}")
+
+
+class CollectOperator(TrainyardStepOperator):
+    """The collect step; its outlet event (the output repo's Asset) carries the new commit id in `extra`."""
+
+    def execute(self, context):
+        result = super().execute(context)
+        for asset in self.outlets:
+            if isinstance(asset, Asset) and result:
+                repo, _, commit = result["output"].partition(":")
+                context["outlet_events"][asset].extra = {"repo": repo, "commit": commit, "created": result["created"]}
+        return result
+
+
 def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, output_repo: str,
                code_repo: str | None = None,
                combine: str = "single", step_params: dict[str, Any] | None = None, code_ref: str = "latest",
@@ -147,8 +164,10 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
     ).expand(chunk=plan.output)
     planned = _plan(plan.task_id)
     # none_failed: when every datum was already processed the mapped step has no tasks (skipped) and collect runs.
-    collect = TrainyardStepOperator(
-        task_id=f"{step}_collect", step="collect", trigger_rule="none_failed",
+    # A templated output repo (chosen per run) has no fixed Asset; a fixed one announces each commit.
+    outlets = [] if "{{" in output_repo else [repo_asset(output_repo)]
+    collect = CollectOperator(
+        task_id=f"{step}_collect", step="collect", trigger_rule="none_failed", outlets=outlets,
         arguments=["--inputs", f"{{{{ {planned}['inputs'] | tojson }}}}", "--code", f"{{{{ {planned}['code'] }}}}",
                    "--code-version", f"{{{{ {planned}['code_version'] }}}}", "--step", step, "--pipeline", "{{ dag.dag_id }}", "--output", output_repo],
         literal_arguments=["--combine", combine, "--transform", transform,

@@ -56,6 +56,16 @@ def _lines(n: int) -> str:
     return "".join(f"line {i}\n" for i in range(n))
 
 
+def _asset_events(uri: str, run_id: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                .filter(AssetModel.uri == uri, AssetEvent.source_run_id == run_id).all())
+        return [row.extra for row in rows]
+
+
 def _xcoms(dag_id: str, run_id: str, task_id: str) -> dict[int, object]:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -109,6 +119,9 @@ def test_a_datum_step_processes_only_new_datums_and_retries_a_failed_one_alone(a
         "".join(f"LINE {i}\n" for i in range(5, 10)).encode()
     pairs = store.resolve("pairs")
     assert sorted(pairs.manifest) == [f"{i:016d}/pair.txt" for i in range(20)]  # nested per datum
+    # each collect announces its commit as an Airflow Asset event, which DAGs can be scheduled on
+    assert _asset_events("trainyard://repos/upper-out", first.run_id) == [{"repo": "upper-out", "commit": out.id,
+                                                                            "created": True}]
 
     captions.write_text(_lines(105))  # append 5 lines: exactly one new datum
     put_file(store, "rawdata", captions, split="line", target_file_datums=5)
