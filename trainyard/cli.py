@@ -86,6 +86,17 @@ def _deploy_conf(args, settings) -> dict:
             "save_training_data": args.save_training_data}
 
 
+def _announce(commit, settings) -> None:
+    """Tell Airflow about a new commit (an Asset event) when [trainyard] announce_commits is on."""
+    if not settings.flag("announce_commits"):
+        return
+    _embedded_airflow_env()
+    from operators.assets import announce_commit  # Airflow is imported only when asked for
+
+    if announce_commit(commit.repo, commit.id):
+        print(f"announced {commit.ref} to Airflow (asset trainyard://repos/{commit.repo})", file=sys.stderr)
+
+
 def _load_manifest(path: str, settings) -> list:
     """Parse and policy-check every line of a kaos data manifest before anything is downloaded or stored."""
     from trainyard.manifests import parse_manifest
@@ -131,9 +142,11 @@ def cmd_deploy(args) -> int:
     data, data_blobs, data_bytes = None, 0, 0
     if data_bundle is not None:
         data, _, data_report = deploy_bundle(store, data_bundle, message=args.message, quiet=quiet)
+        _announce(data, settings)
         data_blobs, data_bytes = data_report.blobs_uploaded, data_report.bytes_uploaded
     elif manifest is not None:
         data, stats = _ingest(store, manifest, args.data_repo or _manifest_repo(args.manifest), args, settings)
+        _announce(data, settings)
         data_blobs, data_bytes = stats["blobs_uploaded"], stats["bytes_uploaded"]
     uploaded = {"blobs": source_report.blobs_uploaded + data_blobs,
                 "bytes": source_report.bytes_uploaded + data_bytes}
@@ -472,6 +485,7 @@ def cmd_data(args) -> int:
         settings = config.load(store=args.store)
         entries = _load_manifest(args.manifest, settings)
         commit, stats = _ingest(store, entries, args.repo, args, settings)
+        _announce(commit, settings)
         if args.json:
             print(json.dumps({"repo": commit.repo, "commit": commit.id, "ref": commit.ref, **stats}, indent=2))
     elif args.data_cmd == "repos":
@@ -485,6 +499,7 @@ def cmd_data(args) -> int:
                                   message=args.message)
         _emit({"repo": commit.repo, "commit": commit.id, "ref": commit.ref, "datums": datums,
                "files": len(commit.manifest)}, args.json, f"{commit.ref}  {datums} datum(s)")
+        _announce(commit, config.load(store=args.store))
     return 0
 
 

@@ -43,6 +43,10 @@ class Settings:
     url_allow_private: str = "false"
     url_allow_loopback: str = "false"
     url_allow_file: str = "false"
+    # Whether CLI commits (data put, deploy, data ingest) are announced as Airflow Asset events in the embedded
+    # metadata DB, so DAGs scheduled on a repo (caption_pipeline on rawdata) are queued. Off by default because it
+    # imports Airflow into every such command.
+    announce_commits: str = "false"
     # kaos bundles' /pfs view on the local runner: auto (when the code mentions /pfs/), always, or never.
     pfs: str = "auto"
     # Step defaults when a DAG does not declare its own: retries, and whether steps may reuse earlier results.
