@@ -24,9 +24,8 @@ def _sync_dags_to_db() -> None:
 
 def test_a_rawdata_commit_queues_caption_pipeline_with_the_commit(airflow_db, tmp_path, monkeypatch, capsys):
     from airflow.models.asset import AssetDagRunQueue, AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-
     from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
 
     _sync_dags_to_db()
     with create_session() as session:  # dags start paused (airflow.cfg); a user unpauses the one to trigger
