@@ -20,7 +20,8 @@ from kubernetes.client import models as k8s
 
 from operators.gpus import gpu_lease, local_gpus
 from operators.hooks import StoreHook
-from trainyard import config, contract
+from operators.step_logs import StoreLogWriter
+from trainyard import config, contract, runs
 from trainyard.errors import ConfigError, ResourceError
 from trainyard.resources import Resources, cpu_cores, memory_bytes
 
@@ -275,7 +276,7 @@ class TrainyardStepOperator(StepOptionsMixin, KubernetesPodOperator):
             if gpus:
                 self.log.info("GPUs leased for %s: CUDA_VISIBLE_DEVICES=%s", self.task_id, env["CUDA_VISIBLE_DEVICES"])
             self.log.info("running step %s locally: %s", self.step, " ".join(argv[1:4]))
-            code, tail, timed_out = self._run(argv, tmp, env, self.timeout_seconds())
+            code, tail, timed_out = self._run(argv, tmp, env, self.timeout_seconds(), self._log_writer(context))
             if timed_out:
                 raise StepTimedOut(f"step {self.task_id!r} ran past its timeout of {timed_out} s and was stopped")
             if code != 0:
@@ -286,8 +287,18 @@ class TrainyardStepOperator(StepOptionsMixin, KubernetesPodOperator):
                 raise StepFailed(f"step {self.task_id!r} wrote no result to ${contract.RESULT_PATH_ENV}")
             return json.loads(result_path.read_text())
 
-    def _run(self, argv: list[str], cwd: str, env: dict[str, str], timeout: int | None):
-        """Stream the process's output into the task log; stop it (and its children) at the timeout."""
+    def _log_writer(self, context) -> StoreLogWriter | None:
+        """Where this try's output is kept in the store; none outside a real task run (no task instance)."""
+        ti = context.get("ti") if context else None
+        run_id = context.get("run_id") if context else None
+        if ti is None or not run_id or not getattr(ti, "dag_id", None):
+            return None
+        key = runs.log_key(ti.dag_id, run_id, ti.task_id, getattr(ti, "map_index", -1), getattr(ti, "try_number", 1))
+        return StoreLogWriter(self.store_hook.get_conn(), key)
+
+    def _run(self, argv: list[str], cwd: str, env: dict[str, str], timeout: int | None,
+             keep: StoreLogWriter | None = None):
+        """Stream the process's output into the task log (and the store); stop it and its children at the timeout."""
         tail: deque[str] = deque(maxlen=30)
         with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, bufsize=1, start_new_session=True) as proc:
@@ -307,7 +318,11 @@ class TrainyardStepOperator(StepOptionsMixin, KubernetesPodOperator):
                 for line in proc.stdout:
                     self.log.info("%s", line.rstrip())
                     tail.append(line.rstrip())
+                    if keep:
+                        keep.write(line)
             finally:
                 if timer:
                     timer.cancel()
+                if keep:
+                    keep.close()
         return proc.returncode, list(tail), timeout if expired.is_set() else None

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from trainyard import config, registry, runs
@@ -382,6 +383,52 @@ def _model_info(store: Store, args) -> int:
     return 0
 
 
+def _log_keys(store: Store, pipeline: str, run_id: str, step: str | None, map_index: int | None) -> list[str]:
+    """The newest try's log of each (task, map index) of a run, filtered by step and map index."""
+    newest: dict[tuple[str, str], tuple[int, str]] = {}
+    prefix = runs.log_prefix(pipeline, run_id)
+    for key in store.backend.list(prefix):
+        task, index, try_file = key[len(prefix):].split("/")
+        if step and task != step:
+            continue
+        if map_index is not None and index != str(map_index):
+            continue
+        tries = int(try_file.removesuffix(".log"))
+        if (task, index) not in newest or tries > newest[(task, index)][0]:
+            newest[(task, index)] = (tries, key)
+    return [newest[k][1] for k in sorted(newest)]
+
+
+def cmd_logs(args) -> int:
+    store = _store(args)
+    run_id = args.run_id or runs.nth_run(store, args.pipeline, args.index or 0)["parameters"]["run_id"]
+    shown: dict[str, int] = {}
+    quiet_rounds = 0
+    while True:
+        keys = _log_keys(store, args.pipeline, run_id, args.step, args.map_index)
+        if not keys and not args.follow:
+            raise NotFound(f"no logs for run {run_id} of {args.pipeline}"
+                           + (f" step {args.step}" if args.step else "") + "; see `trainyard list`")
+        grew = False
+        for key in keys:
+            data = store.backend.read(key)
+            if len(data) > shown.get(key, 0):
+                if key not in shown:
+                    task, index, try_file = key.rsplit("/", 3)[-3:]
+                    print(f"== {task}" + (f" [{index}]" if index != "-1" else "") + f" try {try_file[:-4]} ==")
+                sys.stdout.write(data[shown.get(key, 0):].decode(errors="replace"))
+                sys.stdout.flush()
+                shown[key] = len(data)
+                grew = True
+        if not args.follow:
+            return 0
+        finished = store.exists(runs.results_key(args.pipeline, run_id))
+        quiet_rounds = 0 if grew else quiet_rounds + 1
+        if finished and quiet_rounds >= 2:
+            return 0
+        time.sleep(1)
+
+
 def cmd_models(args) -> int:
     store = _store(args)
     if not args.name:
@@ -577,6 +624,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--pipeline", default="train_pipeline")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    logs = sub.add_parser("logs", help="a run's step logs, kept in the store while they run (also after failures)")
+    run_of = logs.add_mutually_exclusive_group()
+    run_of.add_argument("-i", "--index", type=int, help="run number from `trainyard list` (default 0, the newest)")
+    run_of.add_argument("--run-id", help="an Airflow run id (also for runs that failed before registering)")
+    logs.add_argument("--pipeline", default="train_pipeline")
+    logs.add_argument("--step", help="only this task, e.g. train or build")
+    logs.add_argument("--map-index", type=int, help="only this mapped task (a sweep combination or datum chunk)")
+    logs.add_argument("--follow", action="store_true", help="keep printing new lines until the run has finished")
+    logs.set_defaults(func=cmd_logs)
 
     models = sub.add_parser("models", help="registered versions of a model name, with metrics and aliases")
     models.add_argument("name", nargs="?", help="model name (the source bundle's name); omit to list names")

@@ -65,3 +65,12 @@ def remember_settings(store: Store, pipeline: str, name: str, given: dict[str, A
         return merged if merged != doc else None
 
     return store.update_json(settings_key(pipeline, name), mutate, what=f"{pipeline} settings for {name}") or {}
+
+
+def log_key(pipeline: str, run_id: str, task_id: str, map_index: int | str, try_number: int | str) -> str:
+    """Where a step's log is kept while it runs and after: one object per task, map index and try."""
+    return f"logs/{pipeline}/{run_id}/{task_id}/{map_index}/{try_number}.log"
+
+
+def log_prefix(pipeline: str, run_id: str) -> str:
+    return f"logs/{pipeline}/{run_id}/"

@@ -285,3 +285,16 @@ def test_store_credentials_from_the_connection_never_reach_conf_env_logs_xcom_or
     assert all(secret not in p.read_text(errors="replace") for p in logs)
     for key in store.backend.list(""):
         assert secret.encode() not in store.backend.read(key), key
+
+
+def test_step_logs_are_kept_in_the_store_also_for_a_failed_combination(airflow_db, tmp_path, capsys):
+    uri = f"file://{tmp_path / 'store'}"
+    code, run = _deploy(capsys, uri, SRC, DATA, "-h", '{"kernel": ["linear", "nonsense"]}')
+    assert code == 1 and run["state"] == "partial"
+    assert main(["--store", uri, "logs", "-i", "0", "--step", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "== train [0] try 1 ==" in out and "training model" in out
+    assert "== train [1] try 2 ==" in out and "nonsense" in out  # the failed combination's last try, kept
+    assert main(["--store", uri, "logs", "--run-id", run["run_id"], "--step", "register"]) == 0
+    assert "registered 1 of 2 combination(s)" in capsys.readouterr().out
+    assert main(["--store", uri, "logs", "-i", "0", "--step", "nosuch"]) == 3
