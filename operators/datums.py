@@ -13,8 +13,9 @@ from operators.hooks import StoreHook
 from operators.step import TrainyardStepOperator
 from trainyard import config
 from trainyard.datums import (
-    COMBINE_MODES,
+    DatumError,
     DatumInput,
+    check_combine,
     chunk,
     datum_key,
     record_key,
@@ -28,11 +29,10 @@ class DatumStepDeclarationError(ValueError):
 
 
 def _check_inputs(step: str, inputs: list[dict[str, str]], combine: str) -> list[dict[str, str]]:
-    if combine not in COMBINE_MODES:
-        raise DatumStepDeclarationError(f"step {step!r}: combine must be one of {', '.join(COMBINE_MODES)}")
-    if (combine == "single") != (len(inputs) == 1) or len(inputs) > 2:
-        raise DatumStepDeclarationError(f"step {step!r}: combine {combine!r} takes "
-                                        f"{'one input' if combine == 'single' else 'two inputs'}, got {len(inputs)}")
+    try:
+        check_combine(combine, len(inputs))
+    except DatumError as exc:
+        raise DatumStepDeclarationError(f"step {step!r}: {exc}") from None
     for spec in inputs:
         missing = {"repo", "glob"} - set(spec)
         if missing:
@@ -103,8 +103,16 @@ class PlanDatumsOperator(BaseOperator):
         return [{"datums": c, "label": c[0] if len(c) == 1 else f"{c[0]} .. {c[-1]} ({len(c)})"} for c in chunks]
 
 
-def _plan(plan_task: str) -> str:
-    return f"ti.xcom_pull(task_ids='{plan_task}', key='plan')"
+def _step_argv(plan_task: str, step: str, combine: str, transform: str,
+               step_params: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """(templated, literal) argv every task of a datum step takes (training_images.datum.inputs parses it)."""
+    plan = f"ti.xcom_pull(task_ids='{plan_task}', key='plan')"
+    templated = ["--inputs", f"{{{{ {plan}['inputs'] | tojson }}}}", "--code", f"{{{{ {plan}['code'] }}}}",
+                 "--code-version", f"{{{{ {plan}['code_version'] }}}}", "--step", step,
+                 "--pipeline", "{{ dag.dag_id }}"]
+    literal = ["--combine", combine, "--transform", transform,
+               "--params", json.dumps(step_params or {}, sort_keys=True)]
+    return templated, literal
 
 
 class DatumStepOperator(TrainyardStepOperator):
@@ -117,12 +125,9 @@ class DatumStepOperator(TrainyardStepOperator):
     def __init__(self, *, chunk: dict, plan_task: str, step_name: str, combine: str, transform: str,
                  step_params: dict[str, Any] | None = None, attempts: int = 2, **kwargs) -> None:
         self.chunk = chunk
-        plan = _plan(plan_task)
-        arguments = ["--inputs", f"{{{{ {plan}['inputs'] | tojson }}}}", "--code", f"{{{{ {plan}['code'] }}}}",
-                     "--code-version", f"{{{{ {plan}['code_version'] }}}}", "--step", step_name, "--pipeline", "{{ dag.dag_id }}", "--attempts", str(attempts)]
-        literal = ["--combine", combine, "--transform", transform,
-                   "--params", json.dumps(step_params or {}, sort_keys=True), "--datums", json.dumps(chunk["datums"])]
-        super().__init__(step="datum", arguments=arguments, literal_arguments=literal, **kwargs)
+        arguments, literal = _step_argv(plan_task, step_name, combine, transform, step_params)
+        super().__init__(step="datum", arguments=[*arguments, "--attempts", str(attempts)],
+                         literal_arguments=[*literal, "--datums", json.dumps(chunk["datums"])], **kwargs)
 
 
 def repo_asset(repo: str) -> Asset:
@@ -162,17 +167,14 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
         attempts=attempts, max_active_tis_per_dagrun=parallelism or int(config.load().parallelism),
         map_index_template="{{ task.chunk['label'] }}", **step_options,
     ).expand(chunk=plan.output)
-    planned = _plan(plan.task_id)
+    arguments, literal = _step_argv(plan.task_id, step, combine, transform, step_params)
     # none_failed: when every datum was already processed the mapped step has no tasks (skipped) and collect runs.
     # A templated output repo (chosen per run) has no fixed Asset; a fixed one announces each commit.
     outlets = [] if "{{" in output_repo else [repo_asset(output_repo)]
     collect = CollectOperator(
         task_id=f"{step}_collect", step="collect", trigger_rule="none_failed", outlets=outlets,
-        arguments=["--inputs", f"{{{{ {planned}['inputs'] | tojson }}}}", "--code", f"{{{{ {planned}['code'] }}}}",
-                   "--code-version", f"{{{{ {planned}['code_version'] }}}}", "--step", step, "--pipeline", "{{ dag.dag_id }}", "--output", output_repo],
-        literal_arguments=["--combine", combine, "--transform", transform,
-                           "--params", json.dumps(step_params or {}, sort_keys=True),
-                           *(["--nest"] if nest_outputs else [])],
+        arguments=[*arguments, "--output", output_repo],
+        literal_arguments=[*literal, *(["--nest"] if nest_outputs else [])],
         **step_options,
     )
     plan >> mapped >> collect

@@ -468,6 +468,15 @@ class DatumInput:
     join_on: str | None = None
 
 
+def check_combine(combine: str, inputs: int) -> None:
+    """A combine mode and its number of inputs: single takes one, a join or cross two."""
+    if combine not in COMBINE_MODES:
+        raise DatumError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
+    if (combine == "single") != (inputs == 1) or inputs > 2:
+        raise DatumError(f"combine {combine!r} takes {'one input' if combine == 'single' else 'two inputs'}, "
+                         f"got {inputs}")
+
+
 def work_units(inputs: list[DatumInput], combine: str = "single") -> dict[str, dict[str, Any]]:
     """The units a datum step processes, {name: {"files": {path: entry}, "id": content id}}.
 
@@ -475,11 +484,7 @@ def work_units(inputs: list[DatumInput], combine: str = "single") -> dict[str, d
     pairing; their files sit under each input's name (`captions/...`, `features/...`) and their id hashes both
     sides, so a unit is processed again exactly when either side's content changes.
     """
-    if combine not in COMBINE_MODES:
-        raise DatumError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
-    if (combine == "single") != (len(inputs) == 1) or len(inputs) > 2:
-        raise DatumError(f"combine {combine!r} takes {'one input' if combine == 'single' else 'two inputs'}, "
-                         f"got {len(inputs)}")
+    check_combine(combine, len(inputs))
     datums = [glob_datums(i.manifest, i.glob) for i in inputs]
     if combine == "single":
         return {path: {"files": files, "id": datum_id(files)} for path, files in sorted(datums[0].items())}

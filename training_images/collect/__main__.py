@@ -3,39 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
-from training_images.datum.inputs import load_units
+from training_images.datum.inputs import add_step_arguments, load_step
 from trainyard import contract
-from trainyard.datums import datum_key, provenance_key, record_key, transform_version
+from trainyard.datums import datum_key, provenance_key, record_key
 from trainyard.errors import NotFound
-from trainyard.store import parse_ref
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training_images.collect")
-    parser.add_argument("--inputs", required=True, help="the step's resolved inputs, as the datum step takes them")
-    parser.add_argument("--combine", default="single")
-    parser.add_argument("--code", default="", help="source commit holding the transform, as repo:id (none for builtin:)")
-    parser.add_argument("--code-version", default="", help="the code version the plan computed (keys outputs)")
-    parser.add_argument("--transform", required=True)
-    parser.add_argument("--step", required=True)
-    parser.add_argument("--pipeline", default=os.environ.get("TRAINYARD_DAG_ID", "datums"))
-    parser.add_argument("--params", default="{}")
+    add_step_arguments(parser)
     parser.add_argument("--output", required=True, help="the repo the merged output is committed to")
     parser.add_argument("--nest", action="store_true",
                         help="put each datum's outputs under a folder named after the datum (for transforms that "
                              "write the same file name for every datum)")
     args = parser.parse_args(argv)
 
-    params = json.loads(args.params)
     store = contract.store_from_env()
-    units, specs = load_units(store, args.inputs, args.combine)
-    code = store.resolve(*parse_ref(args.code)) if args.code else None
-    # The plan's version is authoritative, so every task of a run keys outputs the same way.
-    version = args.code_version or transform_version(args.transform, code.manifest if code else None)
+    step = load_step(store, args)
+    units, specs, version, params = step.units, step.specs, step.version, step.params
     merged: dict[str, dict] = {}
     origin: dict[str, str] = {}
     keys: dict[str, str] = {}

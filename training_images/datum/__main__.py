@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from training_images.datum.inputs import load_units
+from training_images.datum.inputs import add_step_arguments, load_step
 from training_images.usercode import env_bin_for, run_streaming, user_env
 from trainyard import config, contract
-from trainyard.datums import datum_key, record_key, transform_version
-from trainyard.store import parse_ref
+from trainyard.datums import datum_key, record_key
 from trainyard.store.versioned import Store
 
 
@@ -55,29 +53,19 @@ def _process(store: Store, args, datum: str, files: dict, code_dir: Path, env_bi
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training_images.datum")
-    parser.add_argument("--inputs", required=True,
-                        help='JSON list of resolved inputs [{"name", "repo", "commit", "glob", "join_on"}]')
-    parser.add_argument("--combine", default="single", help="single, inner or outer (join), or cross")
-    parser.add_argument("--code", default="", help="source commit holding the transform, as repo:id (none for builtin:)")
-    parser.add_argument("--code-version", default="", help="the code version the plan computed (keys outputs)")
-    parser.add_argument("--transform", required=True, help="the transform's path in the source bundle")
-    parser.add_argument("--step", required=True, help="step name; outputs are keyed per pipeline and step")
-    parser.add_argument("--pipeline", default=os.environ.get("TRAINYARD_DAG_ID", "datums"))
-    parser.add_argument("--params", default="{}", help="step params as a JSON object")
+    add_step_arguments(parser)
     parser.add_argument("--datums", required=True, help="JSON list of the datum paths this task processes")
     parser.add_argument("--attempts", type=int, default=2, help="tries per datum before it counts as failed")
     parser.add_argument("--venv-cache", default=config.load().venv_cache)
     args = parser.parse_args(argv)
 
-    params, wanted = json.loads(args.params), json.loads(args.datums)
+    wanted = json.loads(args.datums)
     store = contract.store_from_env()
-    units, specs = load_units(store, args.inputs, args.combine)
-    code = store.resolve(*parse_ref(args.code)) if args.code else None
+    step = load_step(store, args)
+    units, specs, code, version, params = step.units, step.specs, step.code, step.version, step.params
     unknown = [d for d in wanted if d not in units]
     if unknown:
         raise SystemExit(f"datums {', '.join(unknown[:5])} are not among the step's inputs {args.inputs}")
-    # The plan's version is authoritative, so every task of a run keys outputs the same way.
-    version = args.code_version or transform_version(args.transform, code.manifest if code else None)
     results, counts = [], {"processed": 0, "skipped": 0, "failed": 0}
     with tempfile.TemporaryDirectory(prefix="trainyard-datum-") as tmp:
         work = Path(tmp)
