@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from operators.hooks import StoreHook
 from trainyard import config, contract, runs
-from trainyard.bundles import PARAMS_FILES
+from trainyard.bundles import static_params
 from trainyard.errors import TrainyardError
 from trainyard.grids import combination_label, expand_grid
 from trainyard.metrics import parse_spec
@@ -38,11 +38,8 @@ def conf_json(names: Sequence[str] = OPTIONS, declared: Sequence[str] = ()) -> s
 
 def base_params(store: Store, source: Commit) -> dict:
     """The source bundle's static params.json files, merged the way the train step merges them."""
-    merged: dict = {}
-    for name in PARAMS_FILES:
-        if name in source.manifest:
-            merged.update(json.loads(store.get_blob_bytes(source.manifest[name]["sha256"])))
-    return merged
+    return static_params(lambda name: store.get_blob_bytes(source.manifest[name]["sha256"])
+                         if name in source.manifest else None)
 
 
 class ResolveInputsOperator(BaseOperator):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from trainyard.errors import BundleError
@@ -16,6 +17,18 @@ TRAIN_SCRIPT = "model/train"
 AICENTER_SCRIPT = "train.py"
 # Static parameters, merged in this order (later wins) before the run's hyperparameters.
 PARAMS_FILES = ("params.json", "model/params.json")
+
+
+def static_params(read: Callable[[str], bytes | None]) -> dict:
+    """A source bundle's static params: its PARAMS_FILES merged in order (later wins); read(name) gives a file's
+    bytes or None. The planner (reading the store) and the train step (reading its checkout) both use this, so
+    they compute the same model id."""
+    merged: dict = {}
+    for name in PARAMS_FILES:
+        data = read(name)
+        if data is not None:
+            merged.update(json.loads(data))
+    return merged
 
 
 def _check_link(root: Path, path: Path) -> None:
@@ -69,7 +82,7 @@ class SourceBundle:
         return TRAIN_SCRIPT if TRAIN_SCRIPT in self.files else AICENTER_SCRIPT
 
     @classmethod
-    def load(cls, path: str | Path) -> "SourceBundle":
+    def load(cls, path: str | Path) -> SourceBundle:
         path = Path(path)
         if not path.is_dir():
             raise BundleError(f"source bundle {path} is not a directory; pass the folder that holds <name>/Dockerfile")
@@ -113,7 +126,7 @@ class DataBundle:
     files: dict[str, Path]
 
     @classmethod
-    def load(cls, path: str | Path, name: str | None = None) -> "DataBundle":
+    def load(cls, path: str | Path, name: str | None = None) -> DataBundle:
         path = Path(path)
         if not path.is_dir():
             raise BundleError(f"data bundle {path} is not a directory; pass the folder that holds your data files")

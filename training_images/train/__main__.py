@@ -14,17 +14,13 @@ from training_images import aicenter, sandbox
 from training_images.usercode import env_bin_for, run_streaming, user_env
 from trainyard import config, contract, runs
 from trainyard.archives import ArchiveError, ArchiveLimits, unpack_archives
-from trainyard.bundles import PARAMS_FILES
+from trainyard.bundles import PARAMS_FILES, static_params
 from trainyard.store import parse_ref
 
 
 def _params(source_dir: Path, hyper: dict) -> dict:
-    merged: dict = {}
-    for name in PARAMS_FILES:
-        if (source_dir / name).is_file():
-            merged.update(json.loads((source_dir / name).read_text()))
-    merged.update(hyper)
-    return merged
+    files = {name: source_dir / name for name in PARAMS_FILES}
+    return {**static_params(lambda name: files[name].read_bytes() if files[name].is_file() else None), **hyper}
 
 
 def _train_command(source_dir: Path, data_dir: Path, out_dir: Path) -> tuple[list[str], Path]:
