@@ -7,10 +7,10 @@ failures; the data commit is made only when every line has been downloaded, so a
 and the error names its line. Lines already downloaded (same line, same URL policy code) are not fetched again.
 """
 
-import pendulum
 from airflow.sdk import DAG, Param
 
 from operators.datums import datum_step
+from operators.pipeline import dag_defaults
 
 REPO = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
@@ -19,10 +19,8 @@ with DAG(
     description="Download a data manifest in parallel (mapped over chunks of lines) and commit it to a repo",
     doc_md=__doc__,
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     tags=["trainyard", "data", "datums"],
-    default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=5)},
+    **dag_defaults(),
     params={
         "manifest": Param("features.mf", type="string", pattern=r"^[A-Za-z0-9._-]{1,128}$",
                           description="the manifest's file name in the manifests repo"),

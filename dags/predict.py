@@ -6,21 +6,19 @@ pairing writes `<image>.txt` into `predictions`. A pairing already processed is 
 one prediction. `trainyard info --file predictions:image.png.txt` shows the model that produced it.
 """
 
-import pendulum
 from airflow.sdk import DAG, Param
 
 from operators.datums import datum_step
 from operators.models import PublishModelOperator
+from operators.pipeline import dag_defaults
 
 with DAG(
     dag_id="predict",
     description="Cross new images with a registered captioning model; one caption file per image",
     doc_md=__doc__,
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     tags=["trainyard", "predict", "datums"],
-    default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=5)},
+    **dag_defaults(),
     params={"model": Param("latest", type="string", pattern=r"^(latest|best|[0-9]+\.[0-9]+)$",
                            description="registry version of the captioning model: latest, best or e.g. 1.2")},
 ) as dag:

@@ -31,6 +31,12 @@ and reaches steps as separate argv items, never through a shell or a template.
 """
 
 
+def dag_defaults(retries: int = 1) -> dict[str, Any]:
+    """What every trainyard DAG shares: a fixed start, no catchup, retries with a short delay."""
+    return {"start_date": pendulum.datetime(2026, 1, 1, tz="UTC"), "catchup": False,
+            "default_args": {"retries": retries, "retry_delay": pendulum.duration(seconds=5)}}
+
+
 class PipelineDeclarationError(ValueError):
     """A DAG file declared pipeline options that cannot work; raised when the DAG is parsed."""
 
@@ -93,10 +99,8 @@ def training_dag(dag_id: str, *, doc_md: str, description: str, tags: list[str],
     if clash:
         raise PipelineDeclarationError(f"{dag_id}: param(s) {', '.join(sorted(clash))} clash with run options")
     return DAG(
-        dag_id=dag_id, description=description, doc_md=doc_md + PIPELINE_DOC, schedule=schedule,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, tags=tags,
-        default_args={"retries": options.get("retries", 1), "retry_delay": pendulum.duration(seconds=5)},
-        params={**params, **(extra_params or {})},
+        dag_id=dag_id, description=description, doc_md=doc_md + PIPELINE_DOC, schedule=schedule, tags=tags,
+        params={**params, **(extra_params or {})}, **dag_defaults(options.get("retries", 1)),
     )
 
 
