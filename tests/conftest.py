@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
 import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -81,6 +85,26 @@ def airflow_db():
 
     db.initdb()
     return os.environ["AIRFLOW_HOME"]
+
+
+@contextlib.contextmanager
+def serving(server):
+    """Run an HTTP server bound to 127.0.0.1 port 0 on a thread; yield its base URL; stop it afterwards."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def static_server(directory: Path) -> http.server.ThreadingHTTPServer:
+    """A quiet static file server for `directory` on 127.0.0.1, a free port (start it with `serving`)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    handler.log_message = lambda *a, **k: None
+    return http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 
 
 def store_keys(store) -> set[str]:

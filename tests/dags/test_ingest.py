@@ -6,10 +6,10 @@ import hashlib
 import http.server
 import json
 import os
-import threading
 
 import pytest
 
+from tests.conftest import serving
 from trainyard.datums import put_file
 from trainyard.store import open_store
 
@@ -47,11 +47,8 @@ def flaky_server(tmp_path):
                 return
             super().do_GET()
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root, state
-    server.shutdown()
-    server.server_close()
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as base:
+        yield base, root, state
 
 
 def test_ingest_maps_over_chunks_and_commits_only_when_every_line_arrived(airflow_db, tmp_path, monkeypatch,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
+
+from tests.conftest import serving, static_server
 
 
 @pytest.fixture
@@ -18,13 +17,8 @@ def image_server(tmp_path):
     (root / "images").mkdir(parents=True)
     for name in ("a.png", "b.png"):
         (root / "images" / name).write_bytes(name.encode() * 100)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(static_server(root)) as base:
+        yield base
 
 
 def _run(tmp_path, base, allow_loopback: bool):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
-import threading
 
 import pytest
 
-from tests.conftest import REPO, store_keys
+from tests.conftest import REPO, serving, static_server, store_keys
 from trainyard.cli import main
 from trainyard.store import open_store
 
@@ -20,14 +17,8 @@ MNIST = REPO / "templates" / "mnist"
 @pytest.fixture
 def served_mnist():
     """The mnist data folder over HTTP on 127.0.0.1 (a free port), stopped at the end."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(MNIST / "data"))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(static_server(MNIST / "data")) as base:
+        yield base
 
 
 def _manifest(tmp_path, base: str, name: str = "features.mf") -> tuple:

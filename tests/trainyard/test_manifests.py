@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import serving
 from trainyard.manifests import ManifestEntry, ManifestError, fetch, ingest, parse_manifest
 from trainyard.store import open_store
 from trainyard.urlpolicy import UrlPolicy
@@ -94,13 +95,9 @@ def server(monkeypatch):
     # A proxy from the environment would sit between urllib and this server; these tests talk to it directly.
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
+    with serving(httpd) as base:
+        httpd.base = base
+        yield httpd
 
 
 @pytest.fixture
