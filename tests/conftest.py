@@ -23,8 +23,10 @@ os.environ["TRAINYARD_HOME"] = str(REPO)
 os.environ["AIRFLOW_HOME"] = str(_SESSION_HOME / "airflow")
 os.environ["AIRFLOW_CONFIG"] = str(REPO / "airflow.cfg")
 os.environ["TRAINYARD_VENV_CACHE"] = str(_SESSION_HOME / "venvs")
+# No `trainyard init` profile of the developer's may turn the CLI tests into server-mode calls.
+os.environ["TRAINYARD_CONFIG_DIR"] = str(_SESSION_HOME / "config")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-for var in ("TRAINYARD_STORE", "TRAINYARD_RUNNER", "AWS_ENDPOINT_URL"):
+for var in ("TRAINYARD_STORE", "TRAINYARD_RUNNER", "AWS_ENDPOINT_URL", "TRAINYARD_ENDPOINT", "TRAINYARD_PASSWORD"):
     os.environ.pop(var, None)
 sys.path.insert(0, str(REPO))
 
@@ -32,8 +34,11 @@ sys.path.insert(0, str(REPO))
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real S3 API served over HTTP on 127.0.0.1 (moto), on a free port, stopped at the end."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per S3 request drowns failures
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -85,6 +90,44 @@ def airflow_db():
 
     db.initdb()
     return os.environ["AIRFLOW_HOME"]
+
+
+@pytest.fixture(scope="session")
+def airflow_server(moto_endpoint, tmp_path_factory):
+    """A real Airflow on 127.0.0.1 (api-server, scheduler, dag-processor, triggerer; LocalExecutor; PostgreSQL
+    metadata when installed, else SQLite with the reason printed) whose store is an s3:// bucket on the moto server.
+    The server gets the store's credentials only as the `trainyard_store` connection. Shared by the server-mode
+    tests; stopped at the end of the session."""
+    import json
+
+    import boto3
+
+    from trainyard.local_airflow import LocalAirflow
+
+    bucket = f"server-{uuid.uuid4().hex[:10]}"
+    creds = {"aws_access_key_id": "server-key-id", "aws_secret_access_key": "server-secret-FAKE-0123456789"}
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", **creds).create_bucket(Bucket=bucket)
+    connection = {"conn_type": "aws", "login": creds["aws_access_key_id"],
+                  "password": creds["aws_secret_access_key"],
+                  "extra": {"endpoint_url": moto_endpoint, "region_name": "us-east-1"}}
+    work = tmp_path_factory.mktemp("airflow-server")
+    server = LocalAirflow(work, env={
+        "TRAINYARD_STORE": f"s3://{bucket}/store",
+        "TRAINYARD_RUNNER": "local",
+        "TRAINYARD_VENV_CACHE": os.environ["TRAINYARD_VENV_CACHE"],
+        "AIRFLOW_CONN_TRAINYARD_STORE": json.dumps(connection),
+        "AWS_DEFAULT_REGION": "us-east-1",
+    })
+    print(f"\nairflow_server: {server.url}, metadata in {server.database_note}, logs in {server.logs}")
+    server.start()
+    try:
+        server.wait_for_dags(["train_pipeline", "caption_pipeline", "predict"])
+        server.store_uri = f"s3://{bucket}/store"
+        server.store_credentials = creds
+        server.moto_endpoint = moto_endpoint
+        yield server
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager

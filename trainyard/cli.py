@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainyard import config, registry, runs
+from trainyard import config, registry, remote, runs, userconfig
 from trainyard.bundles import DataBundle, SourceBundle, deploy_bundle
 from trainyard.contract import model_key
 from trainyard.errors import AmbiguousId, ConfigError, NotFound, TrainyardError
@@ -30,7 +30,9 @@ EXIT_CODES = """exit codes:
   0  success
   1  a pipeline step or the run failed
   2  bad input: bundle layout, resources, settings (nothing was stored)
-  3  not found or ambiguous: unknown repo, short id or model
+  3  not found or ambiguous: unknown repo, short id, model, DAG or run
+  4  server mode: Airflow refused the login (wrong user or password)
+  5  server mode: Airflow cannot be reached, or answered with a server error
 """
 
 
@@ -42,8 +44,25 @@ def _embedded_airflow_env() -> None:
         os.environ.setdefault("AIRFLOW_CONFIG", str(REPO_ROOT / "airflow.cfg"))
 
 
+def _open_store(uri: str) -> Store:
+    """The store, with the S3 credentials and endpoint `trainyard init` saved (env and ~/.aws still come first)."""
+    return open_store(uri, client_kwargs=userconfig.store_client_kwargs() or None)
+
+
 def _store(args) -> Store:
-    return open_store(config.load(store=getattr(args, "store", None)).store)
+    return _open_store(config.load(store=getattr(args, "store", None)).store)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _server(args):
+    """The Airflow server this command talks to, or None to run in-process (`--local`, or no `trainyard init`)."""
+    if getattr(args, "local", False):
+        return None
+    profile = userconfig.server_profile()
+    return profile.client() if profile else None
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
@@ -137,7 +156,10 @@ def cmd_deploy(args) -> int:
     source_bundle = SourceBundle.load(args.source)
     data_bundle = DataBundle.load(args.data) if args.data else None
     manifest = _load_manifest(args.manifest, settings) if args.manifest else None
-    store = open_store(settings.store)
+    server = _server(args)
+    if server is not None:  # a wrong password or a server that is down must fail before anything is uploaded
+        server.check_dag("train_pipeline")
+    store = _open_store(settings.store)
     quiet = args.json
     source, _, source_report = deploy_bundle(store, source_bundle, message=args.message, quiet=quiet)
     data, data_blobs, data_bytes = None, 0, 0
@@ -160,14 +182,19 @@ def cmd_deploy(args) -> int:
         _emit(result, args.json, None)
         return 0
     conf = {"source": source.repo, "source_ref": source.id, "data": data.repo, "data_ref": data.id, **options}
-    _embedded_airflow_env()
-    from operators.inprocess import run_pipeline  # Airflow is imported only when a run is asked for
+    if server is not None:
+        run = _deploy_to_server(server, conf, store, args, result)
+        if run is None:
+            return 0
+    else:
+        _embedded_airflow_env()
+        from operators.inprocess import run_pipeline  # Airflow is imported only when a run is asked for
 
-    parse_settings = {"parallelism": args.parallelism,
-                      "allow_cpu_fallback": "true" if args.allow_cpu_fallback else None}
-    with _stdout_to_stderr(enabled=args.json):
-        run = run_pipeline("train_pipeline", conf, quiet=quiet, store_uri=settings.store,
-                           parse_settings=parse_settings)
+        parse_settings = {"parallelism": args.parallelism,
+                          "allow_cpu_fallback": "true" if args.allow_cpu_fallback else None}
+        with _stdout_to_stderr(enabled=args.json):
+            run = run_pipeline("train_pipeline", conf, quiet=quiet, store_uri=settings.store,
+                               parse_settings=parse_settings)
     results = run["results"]
     result.update({"run_id": run["run_id"], "airflow_state": run["state"]})
     if results is None:
@@ -194,6 +221,24 @@ def cmd_deploy(args) -> int:
     else:
         _emit(result, True, None)
     return 0 if summary["state"] == "success" else 1
+
+
+def _deploy_to_server(client, conf: dict, store: Store, args, result: dict) -> dict | None:
+    """Trigger train_pipeline on the server; with --wait follow it and return it like an in-process run."""
+    for flag, value in (("--parallelism", args.parallelism), ("--allow-cpu-fallback", args.allow_cpu_fallback)):
+        if value:
+            _say(f"note: {flag} is fixed by the server's [trainyard] settings in server mode; ignored")
+    run_id = remote.trigger(client, "train_pipeline", conf, say=_say)
+    result.update({"run_id": run_id, "endpoint": client.endpoint, "url": client.run_url("train_pipeline", run_id)})
+    if not args.wait:
+        result["airflow_state"] = "queued"
+        _emit(result, args.json, f"triggered train_pipeline run {run_id}\n  {result['url']}\n"
+                                 f"  follow it: trainyard logs --run-id {run_id} --follow   "
+                                 f"stop it: trainyard kill --run-id {run_id}")
+        return None
+    _say(f"triggered train_pipeline run {run_id} ({result['url']}); waiting for it to end")
+    state = remote.wait(client, "train_pipeline", run_id, say=_say)
+    return {"run_id": run_id, "state": state, "results": remote.results(store, "train_pipeline", run_id)}
 
 
 def _metric_cell(metrics: dict, name: str | None) -> str:
@@ -241,12 +286,25 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def _unfinished_runs(args, recorded: list[dict]) -> list[dict]:
+    """Server mode: the pipeline's runs on Airflow that have no results yet (queued, running, failed early)."""
+    server = _server(args)
+    if server is None:
+        return []
+    known = {r["parameters"]["run_id"] for r in recorded}
+    return [{"#": "-", "run_id": run["dag_run_id"], "state": run["state"],
+             "started": (run.get("start_date") or run.get("queued_at") or "")[:19].replace("T", " ")}
+            for run in server.runs(args.pipeline) if run["dag_run_id"] not in known]
+
+
 def cmd_list(args) -> int:
     results = runs.list_results(_store(args), args.pipeline)[: args.limit or None]
+    pending = _unfinished_runs(args, results)
     if args.json:
-        print(json.dumps(results, indent=2, sort_keys=True))
+        print(json.dumps(results + [{"run_id": r["run_id"], "state": r["state"], "pending": True} for r in pending],
+                         indent=2, sort_keys=True))
         return 0
-    rows = []
+    rows = list(pending)
     for i, r in enumerate(results):
         summary = r["run_summary"]
         best = summary["outputs"]["best"] or {}
@@ -422,11 +480,70 @@ def cmd_logs(args) -> int:
                 grew = True
         if not args.follow:
             return 0
-        finished = store.exists(runs.results_key(args.pipeline, run_id))
+        finished = _run_finished(args, store, run_id)
         quiet_rounds = 0 if grew else quiet_rounds + 1
         if finished and quiet_rounds >= 2:
             return 0
         time.sleep(1)
+
+
+def _run_finished(args, store: Store, run_id: str) -> bool:
+    """Whether a followed run has ended: Airflow's state in server mode, else its results in the store."""
+    server = _server(args)
+    if server is not None:
+        return server.run(args.pipeline, run_id)["state"] in remote.TERMINAL_RUN_STATES
+    return store.exists(runs.results_key(args.pipeline, run_id))
+
+
+def cmd_init(args) -> int:
+    import getpass
+
+    from trainyard.airflow_api import AirflowClient
+
+    if not args.endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"-e/--endpoint must be Airflow's http(s):// address, got {args.endpoint!r}")
+    password = os.environ.get("TRAINYARD_PASSWORD")
+    if not password:
+        if not sys.stdin.isatty():
+            raise ConfigError("no password: set TRAINYARD_PASSWORD, or run `trainyard init` in a terminal to be asked")
+        password = getpass.getpass(f"Airflow password for {args.username} at {args.endpoint}: ")
+    client = AirflowClient(endpoint=args.endpoint, username=args.username, password=password)
+    if not args.no_check:
+        client.token  # noqa: B018 - logs in: a wrong password or a server that is down stops here, nothing saved
+    store = args.store or config.load().store
+    where = userconfig.save(endpoint=args.endpoint, username=args.username, password=password, store=store,
+                            store_endpoint=args.store_endpoint or os.environ.get("AWS_ENDPOINT_URL"),
+                            aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
+                            aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    print(f"{'logged in to' if not args.no_check else 'saved'} {client.endpoint} as {args.username}; store {store}")
+    print(f"profile in {where} (credentials.json is readable by you only)")
+    return 0
+
+
+def cmd_kill(args) -> int:
+    server = _server(args)
+    if server is None:
+        raise ConfigError("kill stops runs on an Airflow server: run `trainyard init -e URL` first "
+                          "(an in-process run stops with Ctrl-C)")
+    run_id = args.run_id or remote.newest_active_run(server, args.pipeline)
+    stopped = remote.kill(server, args.pipeline, run_id, timeout=args.timeout, say=_say)
+    print(f"killed run {run_id}" + (f": stopped {', '.join(stopped)}" if stopped else " (no task was running)"))
+    return 0
+
+
+def cmd_trigger(args) -> int:
+    server = _server(args)
+    if server is None:
+        raise ConfigError("trigger runs a DAG on an Airflow server: run `trainyard init -e URL` first "
+                          "(locally, use `airflow dags test DAG -c JSON`)")
+    conf = _json_arg(args.conf, "-c/--conf")
+    run_id = remote.trigger(server, args.dag_id, conf, say=_say)
+    result = {"dag_id": args.dag_id, "run_id": run_id, "url": server.run_url(args.dag_id, run_id)}
+    if args.wait:
+        _say(f"triggered {args.dag_id} run {run_id} ({result['url']}); waiting for it to end")
+        result["state"] = remote.wait(server, args.dag_id, run_id, say=_say)
+    _emit(result, args.json, f"{args.dag_id} run {run_id} {result.get('state', 'triggered')}\n  {result['url']}")
+    return 0 if result.get("state", "success") == "success" else 1
 
 
 def cmd_models(args) -> int:
@@ -602,7 +719,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="record the exact input commits with the run (a reference, no copy)")
     deploy.add_argument("--allow-cpu-fallback", action="store_true",
                         help="run on CPU when fewer GPUs exist than asked for (local runner)")
-    deploy.add_argument("--local", action="store_true", help="run the pipeline in-process on the local runner")
+    deploy.add_argument("--local", action="store_true",
+                        help="run the pipeline in-process on the local runner, even when `trainyard init` chose a server")
+    deploy.add_argument("--wait", action="store_true",
+                        help="server mode: follow the run's tasks until it ends, then show its models")
     deploy.add_argument("--upload-only", action="store_true", help="commit the bundles without training")
     deploy.add_argument("--message", default="", help="commit message")
     deploy.add_argument("--json", action="store_true", help="print one JSON object, no progress bars")
@@ -686,7 +806,32 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("-o", "--output")
     template.set_defaults(func=cmd_template)
 
-    cfg = sub.add_parser("config", help="show resolved settings (argument > env > airflow.cfg > default)")
+    init = sub.add_parser("init", help="server mode: remember an Airflow server (and the store) for this user",
+                          epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    init.add_argument("-e", "--endpoint", required=True, help="Airflow's address, e.g. http://127.0.0.1:8080")
+    init.add_argument("-u", "--username", default=os.environ.get("TRAINYARD_USERNAME", "admin"),
+                      help="Airflow user (default admin); the password comes from TRAINYARD_PASSWORD or a prompt")
+    init.add_argument("--store", help="the store the server uses, e.g. s3://bucket/prefix (default: current setting)")
+    init.add_argument("--store-endpoint", help="S3 endpoint of the store, e.g. http://127.0.0.1:9000 for MinIO")
+    init.add_argument("--no-check", action="store_true", help="save without logging in first")
+    init.set_defaults(func=cmd_init)
+
+    kill = sub.add_parser("kill", help="server mode: stop a run (fails its tasks; their pods are deleted)",
+                          epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kill.add_argument("--run-id", help="the run to stop (default: the newest queued or running run)")
+    kill.add_argument("--pipeline", default="train_pipeline")
+    kill.add_argument("--timeout", type=float, default=60, help="seconds to wait for its tasks to stop")
+    kill.set_defaults(func=cmd_kill)
+
+    trigger = sub.add_parser("trigger", help="server mode: start any trainyard DAG with conf (its Params)",
+                             epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    trigger.add_argument("dag_id", help="e.g. train_pipeline, caption_pipeline, predict, ingest")
+    trigger.add_argument("-c", "--conf", default="{}", help="the run's conf: a JSON object or a file")
+    trigger.add_argument("--wait", action="store_true", help="follow the run's tasks until it ends")
+    trigger.add_argument("--json", action="store_true")
+    trigger.set_defaults(func=cmd_trigger)
+
+    cfg = sub.add_parser("config", help="show resolved settings (argument > env > init profile > airflow.cfg > default)")
     cfg.add_argument("key", nargs="?")
     cfg.set_defaults(func=cmd_config)
     return parser

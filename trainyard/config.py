@@ -1,4 +1,4 @@
-"""trainyard settings; precedence is argument > env > airflow.cfg [trainyard] > default."""
+"""trainyard settings; precedence is argument > env > `trainyard init` profile > airflow.cfg [trainyard] > default."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 from trainyard.errors import ConfigError
 
 RUNNERS = ("local", "kubernetes")
+# Settings a `trainyard init` profile may set for the CLI (the server's own settings live in its airflow.cfg).
+PROFILE_SETTINGS = ("store",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,13 @@ class Settings:
     max_unpacked_size: str = "8Gi"
     max_archive_members: str = "100000"
     max_compression_ratio: str = "200"
+    # Scheduled retraining: train_pipeline's cron schedule (a cron expression or a preset such as @daily, in UTC;
+    # empty or "none": unscheduled), checked when the DAG is parsed. Scheduled runs have no conf, so they train the
+    # Param defaults: retrain_source and retrain_data when set (else the DAG's own, the mnist template's), both at
+    # `latest`; a run where neither changed is a cache hit and trains nothing.
+    retrain_schedule: str = ""
+    retrain_source: str = ""
+    retrain_data: str = ""
 
     @property
     def combination_cap(self) -> int:
@@ -128,8 +137,12 @@ def airflow_option(section: str, key: str, default: int) -> int:
 
 
 def load(**overrides: str | None) -> Settings:
-    """Resolve settings: keyword argument > TRAINYARD_<NAME> / AIRFLOW__TRAINYARD__<NAME> env > airflow.cfg > default."""
+    """Resolve settings: keyword argument > TRAINYARD_<NAME> / AIRFLOW__TRAINYARD__<NAME> env > the store chosen by
+    `trainyard init` (the user's server profile) > airflow.cfg > default."""
+    from trainyard import userconfig
+
     cfg = _airflow_cfg_section()
+    profile = {k: v for k, v in userconfig.saved().items() if k in PROFILE_SETTINGS}
     values = {}
     for field in dataclasses.fields(Settings):
         name = field.name
@@ -139,6 +152,8 @@ def load(**overrides: str | None) -> Settings:
             values[name] = os.environ[f"TRAINYARD_{name.upper()}"]
         elif os.environ.get(f"AIRFLOW__TRAINYARD__{name.upper()}"):
             values[name] = os.environ[f"AIRFLOW__TRAINYARD__{name.upper()}"]
+        elif name in profile:
+            values[name] = profile[name]
         elif name in cfg:
             values[name] = cfg[name]
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Settings)}
