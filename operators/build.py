@@ -8,17 +8,19 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from kubernetes.client import models as k8s
 
 from operators.step import OPTION_FIELDS, StepOptionsMixin, TrainyardStepOperator
+from operators.step_logs import StoreLogsMixin
 from trainyard import config, contract
 
 WORKSPACE = "/workspace"
 
 
-class KanikoBuildOperator(StepOptionsMixin, KubernetesPodOperator):
+class KanikoBuildOperator(StepOptionsMixin, StoreLogsMixin, KubernetesPodOperator):
     """
     Build the source bundle's Dockerfile with Kaniko and push it.
 
     An init container (the steps image) materializes the source commit into an emptyDir, then Kaniko builds it.
     Registry credentials come from the `trainyard-registry` Secret (a docker config.json), never from params.
+    Kaniko's output is kept in the store under the `build` task while it runs (StoreLogsMixin), like every step's.
 
     :param source: source commit as repo:id (templated)
     :param destination: image tag to push (templated), usually `<registry>/<name>:<src-hash>`
@@ -40,6 +42,7 @@ class KanikoBuildOperator(StepOptionsMixin, KubernetesPodOperator):
                            timeout=timeout, skip_reason=skip_reason, cache=cache)
         self.source = source
         self.destination = destination
+        self.store_uri = settings.store
         workspace = k8s.V1VolumeMount(name="workspace", mount_path=WORKSPACE)
         docker_config = k8s.V1VolumeMount(name="docker-config", mount_path="/kaniko/.docker", read_only=True)
         fetch = k8s.V1Container(

@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.secret import Secret
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException, AirflowTaskTimeout
 from kubernetes.client import models as k8s
 
 from operators.gpus import gpu_lease, local_gpus
-from operators.hooks import StoreHook
-from operators.step_logs import StoreLogWriter
-from trainyard import config, contract, runs
+from operators.step_logs import KILLED_LINE, StepKilled, StoreLogsMixin, StoreLogWriter
+from trainyard import config, contract
 from trainyard.errors import ConfigError, ResourceError
 from trainyard.resources import Resources, cpu_cores, memory_bytes
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# How long a stopped step gets to exit after SIGTERM before SIGKILL; below the 5 s the Airflow supervisor gives the
+# task itself, so the task can still record the failure and close the step's store log.
+KILL_GRACE_SECONDS = 3.0
 
 
 class StepFailed(AirflowException):
@@ -42,6 +45,25 @@ class GpuUnavailable(AirflowException):
 
 class StepTimedOut(AirflowException):
     """A step ran past its --timeout and was stopped."""
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _await_group_exit(pgid: int, grace: float) -> None:
+    """Wait up to `grace` seconds for every process of the group to exit, then SIGKILL whatever is left."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    _signal_group(pgid, signal.SIGKILL)
 
 
 def local_gpu_count() -> int:
@@ -143,12 +165,14 @@ class StepOptionsMixin:
         self._base_tolerations = list(self.tolerations or [])
 
 
-class TrainyardStepOperator(StepOptionsMixin, KubernetesPodOperator):
+class TrainyardStepOperator(StepOptionsMixin, StoreLogsMixin, KubernetesPodOperator):
     """
     Run `python -m training_images.<step>` with the step contract's env.
 
     On the `kubernetes` runner this is the real KubernetesPodOperator. On the `local` runner the same pod is
     rendered (dry run, no cluster) and its container command and env run as a subprocess with streamed logs.
+    Either way each try's output is kept in the store while it runs (StoreLogsMixin), and `on_kill` stops the
+    step: it deletes the pod, or stops the subprocess's whole process group.
 
     :param step: name of the entrypoint under training_images/
     :param arguments: argv items (templated); each stays one argv item, never a shell string
@@ -167,6 +191,10 @@ class TrainyardStepOperator(StepOptionsMixin, KubernetesPodOperator):
     """
 
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, *OPTION_FIELDS)
+    # Local runner: the step's process while it runs, and whether on_kill asked to stop it. Plain attributes, not
+    # an Event: operators get deep-copied, and on_kill may run in a signal handler.
+    _proc: subprocess.Popen | None = None
+    _kill_requested: bool = False
 
     def __init__(self, *, step: str, arguments: Sequence[str] = (), cpu: str | None = None,
                  memory: str | None = None, cpu_limit: str | None = None, memory_limit: str | None = None,
@@ -224,10 +252,6 @@ class TrainyardStepOperator(StepOptionsMixin, KubernetesPodOperator):
             container.args = [*(container.args or []), *self.literal_arguments]
         return pod
 
-    @cached_property
-    def store_hook(self) -> StoreHook:
-        return StoreHook(store_uri=self.store_uri)
-
     def execute(self, context):
         self.check_options()
         if self.runner == "kubernetes":
@@ -276,7 +300,7 @@ class TrainyardStepOperator(StepOptionsMixin, KubernetesPodOperator):
             if gpus:
                 self.log.info("GPUs leased for %s: CUDA_VISIBLE_DEVICES=%s", self.task_id, env["CUDA_VISIBLE_DEVICES"])
             self.log.info("running step %s locally: %s", self.step, " ".join(argv[1:4]))
-            code, tail, timed_out = self._run(argv, tmp, env, self.timeout_seconds(), self._log_writer(context))
+            code, tail, timed_out = self._run(argv, tmp, env, self.timeout_seconds(), self.store_log_writer(context))
             if timed_out:
                 raise StepTimedOut(f"step {self.task_id!r} ran past its timeout of {timed_out} s and was stopped")
             if code != 0:
@@ -287,42 +311,81 @@ class TrainyardStepOperator(StepOptionsMixin, KubernetesPodOperator):
                 raise StepFailed(f"step {self.task_id!r} wrote no result to ${contract.RESULT_PATH_ENV}")
             return json.loads(result_path.read_text())
 
-    def _log_writer(self, context) -> StoreLogWriter | None:
-        """Where this try's output is kept in the store; none outside a real task run (no task instance)."""
-        ti = context.get("ti") if context else None
-        run_id = context.get("run_id") if context else None
-        if ti is None or not run_id or not getattr(ti, "dag_id", None):
-            return None
-        key = runs.log_key(ti.dag_id, run_id, ti.task_id, getattr(ti, "map_index", -1), getattr(ti, "try_number", 1))
-        return StoreLogWriter(self.store_hook.get_conn(), key)
+    def on_kill(self) -> None:
+        if self.runner != "kubernetes":
+            self._kill_requested = True
+            proc = self._proc
+            if proc is not None:
+                self.log.info("stopping step %s (process group %s): the task was killed", self.task_id, proc.pid)
+                self._terminate(proc)
+        # On the kubernetes runner KubernetesPodOperator deletes the pod; StoreLogsMixin records the kill.
+        super().on_kill()
+
+    @staticmethod
+    def _terminate(proc: subprocess.Popen) -> None:
+        """SIGTERM the step's process group now and SIGKILL it after a grace, without blocking the caller."""
+        # The step runs in its own session (start_new_session=True): signals to the task never reach it, so the
+        # whole group is signalled here. This may run in the task's SIGTERM handler: it must return at once.
+        _signal_group(proc.pid, signal.SIGTERM)
+        timer = threading.Timer(KILL_GRACE_SECONDS, _signal_group, (proc.pid, signal.SIGKILL))
+        timer.daemon = True
+        timer.start()
 
     def _run(self, argv: list[str], cwd: str, env: dict[str, str], timeout: int | None,
              keep: StoreLogWriter | None = None):
-        """Stream the process's output into the task log (and the store); stop it and its children at the timeout."""
+        """
+        Stream the process's output into the task log (and the store); stop it and its children at the timeout.
+
+        When the task is killed (on_kill) the step's process group is stopped and StepKilled is raised; the store
+        log then ends with a line saying so.
+        """
         tail: deque[str] = deque(maxlen=30)
-        with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, bufsize=1, start_new_session=True) as proc:
-            expired = threading.Event()
+        final: str | None = None
+        expired = threading.Event()
+        try:
+            if self._kill_requested:
+                final = KILLED_LINE
+                raise StepKilled(f"step {self.task_id!r} {KILLED_LINE} before it started")
+            with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, bufsize=1, start_new_session=True) as proc:
+                self._proc = proc
 
-            def stop() -> None:
-                expired.set()
-                try:
-                    os.killpg(proc.pid, 9)
-                except ProcessLookupError:
-                    pass
+                def expire() -> None:
+                    expired.set()
+                    self._terminate(proc)
 
-            timer = threading.Timer(timeout, stop) if timeout else None
-            if timer:
-                timer.start()
-            try:
-                for line in proc.stdout:
-                    self.log.info("%s", line.rstrip())
-                    tail.append(line.rstrip())
-                    if keep:
-                        keep.write(line)
-            finally:
+                timer = threading.Timer(timeout, expire) if timeout else None
                 if timer:
-                    timer.cancel()
-                if keep:
-                    keep.close()
+                    timer.start()
+                if self._kill_requested:  # on_kill came while the process was being started
+                    self._terminate(proc)
+                try:
+                    for line in proc.stdout:
+                        self.log.info("%s", line.rstrip())
+                        tail.append(line.rstrip())
+                        if keep:
+                            keep.write(line)
+                except AirflowTaskTimeout:
+                    final = "stopped: the task ran past its execution_timeout"
+                    self._terminate(proc)
+                    raise
+                except BaseException:
+                    # Leaving early (a store error, an interrupt): the step must not outlive its task.
+                    self._terminate(proc)
+                    raise
+                finally:
+                    if timer:
+                        timer.cancel()
+            # The step's own process has exited; its children may still be running, e.g. ignoring SIGTERM.
+            if self._kill_requested or expired.is_set():
+                _await_group_exit(proc.pid, KILL_GRACE_SECONDS)
+            if self._kill_requested:
+                final = KILLED_LINE
+                raise StepKilled(f"step {self.task_id!r} {KILLED_LINE}: its process group was stopped")
+            if expired.is_set():
+                final = f"stopped: the step ran past its timeout of {timeout} s"
+        finally:
+            self._proc = None
+            if keep:
+                keep.close(final)
         return proc.returncode, list(tail), timeout if expired.is_set() else None

@@ -155,3 +155,32 @@ def test_a_bad_timeout_is_rejected_after_templating(k8s_env):
     task = _train_task(timeout="ten minutes")
     with pytest.raises(Exception, match="invalid timeout 'ten minutes'; give whole seconds"):
         task.build_pod_request_obj(_context(task), dry_run=True)
+
+
+class _RecordingCoreV1Api:
+    """The one Kubernetes API call pod deletion makes, recorded instead of sent."""
+
+    def __init__(self) -> None:
+        self.deleted: list[tuple[str, str]] = []
+
+    def delete_namespaced_pod(self, name, namespace, body=None, **kwargs):
+        self.deleted.append((namespace, name))
+
+
+@pytest.mark.parametrize("kind", ["train", "build"])
+def test_pods_are_deleted_when_they_finish_and_when_the_task_is_killed(k8s_env, kind):
+    if kind == "build":
+        with DAG("builds", start_date=pendulum.datetime(2026, 1, 1), schedule=None):
+            task = KanikoBuildOperator(task_id="build", source="mnist:325ad", destination="registry.local/mnist:325ad")
+    else:
+        task = _train_task()
+    assert (task.on_finish_action.value, task.on_kill_action.value) == ("delete_pod", "delete_pod")
+    task.client = api = _RecordingCoreV1Api()
+    task.pod = task.build_pod_request_obj(_context(task), dry_run=True)
+    where = (task.pod.metadata.namespace, task.pod.metadata.name)
+    # `trainyard kill` fails the run; the task's SIGTERM handler calls on_kill, which deletes the running pod
+    task.on_kill()
+    assert api.deleted == [where]
+    # a pod that finished (or failed) is deleted by cleanup, per on_finish_action
+    assert task.process_pod_deletion(task.pod) is True
+    assert api.deleted == [where, where]
