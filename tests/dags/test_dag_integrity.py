@@ -39,6 +39,26 @@ def test_train_pipeline_inputs_are_typed_params(dagbag):
     assert schema["metric"]["pattern"] and schema["no_cache"]["type"] == "boolean"
 
 
+@pytest.mark.parametrize("dag_id", ["train_pipeline", "caption_pipeline", "predict"])
+def test_every_conf_input_is_a_described_typed_param_for_the_trigger_form(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    params = dag.params
+    assert params, f"{dag_id} has no Params"
+    for name in params:
+        param = params.get_param(name)
+        schema = param.schema
+        assert schema.get("type"), f"{dag_id}: param {name!r} has no type"
+        assert param.description, f"{dag_id}: param {name!r} has no description"
+        if schema["type"] == "string" or "string" in schema["type"]:
+            assert schema.get("pattern") or schema.get("enum"), f"{dag_id}: string param {name!r} is unchecked"
+    refs = {name: params[name] for name in params if name.endswith("_ref") or name == "model"}
+    assert refs and set(refs.values()) == {"latest"}, refs
+    # Conf reaches tasks only through Params (validated by the form and the REST API), never read raw.
+    for task in dag.tasks:
+        for field in task.template_fields:
+            assert "dag_run.conf" not in repr(getattr(task, field, "")), f"{dag_id}.{task.task_id}.{field}"
+
+
 def test_kubernetes_runner_with_file_store_is_an_import_error(monkeypatch):
     monkeypatch.setenv("TRAINYARD_RUNNER", "kubernetes")
     monkeypatch.setenv("TRAINYARD_STORE", "file:///tmp/store")
