@@ -8,7 +8,7 @@ export AIRFLOW_HOME ?= $(CURDIR)/.airflow
 export AIRFLOW_CONFIG ?= $(CURDIR)/airflow.cfg
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench server clean
 
 setup: $(VENV)/.installed $(AIRFLOW_HOME)/airflow.db
 
@@ -28,6 +28,10 @@ demo: setup
 
 test: $(VENV)/.installed
 	bash scripts/test.sh
+
+# A throw-away Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1 for `trainyard init`.
+server: $(VENV)/.installed
+	$(PY) -m trainyard.local_airflow
 
 bench: setup
 	$(PY) bench/upload
