@@ -165,6 +165,16 @@ class AirflowClient:
         return self.call("PATCH", f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}", {"state": "failed"},
                          what=f"stopping run {run_id!r}")
 
+    def announce(self, uri: str, extra: dict) -> bool:
+        """Record an Asset event (Airflow queues the DAGs scheduled on it); False when no DAG knows the asset."""
+        assets = self.call("GET", f"/api/v2/assets?uri_pattern={_q(uri)}&limit=10", what=f"asset {uri}")
+        match = [a for a in assets.get("assets", []) if a.get("uri") == uri]
+        if not match:
+            return False
+        self.call("POST", "/api/v2/assets/events", {"asset_id": match[0]["id"], "extra": extra},
+                  what=f"announcing {uri}")
+        return True
+
     def run_url(self, dag_id: str, run_id: str) -> str:
         """The run's page in the Airflow UI."""
         return f"{self.endpoint}/dags/{_q(dag_id)}/runs/{_q(run_id)}"

@@ -107,7 +107,14 @@ def _deploy_conf(args, settings) -> dict:
 
 
 def _announce(commit, settings) -> None:
-    """Tell Airflow about a new commit (an Asset event) when [trainyard] announce_commits is on."""
+    """Tell Airflow about a new commit (an Asset event): over REST in server mode, else in the embedded metadata
+    DB when [trainyard] announce_commits is on. DAGs scheduled on the repo (caption_pipeline on rawdata) run."""
+    profile = userconfig.server_profile()
+    if profile is not None:
+        if profile.client().announce(f"trainyard://repos/{commit.repo}", {"repo": commit.repo, "commit": commit.id}):
+            print(f"announced {commit.ref} to {profile.endpoint} (asset trainyard://repos/{commit.repo})",
+                  file=sys.stderr)
+        return
     if not settings.flag("announce_commits"):
         return
     _embedded_airflow_env()

@@ -22,12 +22,14 @@ def _task_name(ti: dict) -> str:
 
 
 def trigger(client: AirflowClient, dag_id: str, conf: dict, *, say: Callable[[str], None]) -> str:
-    """Check the DAG exists (unpausing it when paused, so the run starts), trigger it with conf; the run id."""
+    """Trigger the DAG with conf, then unpause it if it is paused so the run starts; the run id.
+
+    Unpausing comes after the trigger, so a conf the Params reject leaves the DAG as it was."""
     dag = client.check_dag(dag_id)
+    run = client.trigger(dag_id, conf)
     if dag.get("is_paused"):
         client.unpause(dag_id)
         say(f"unpaused {dag_id} on {client.endpoint} so that its runs start")
-    run = client.trigger(dag_id, conf)
     return run["dag_run_id"]
 
 

@@ -188,3 +188,15 @@ def test_server_errors_are_one_line_with_documented_exit_codes(airflow_server, p
     assert main(["deploy", "-s", str(tmp_path / "src"), "-d", str(tmp_path / "data")]) == 5
     assert "cannot reach Airflow" in _one_error(capsys)
     assert "exit codes:" in main.__globals__["EXIT_CODES"] and "4  server mode" in main.__globals__["EXIT_CODES"]
+
+
+def test_data_put_announces_the_commit_to_the_server_as_an_asset_event(airflow_server, profile, tmp_path, capsys):
+    tsv = tmp_path / "captions.tsv"
+    tsv.write_text("a red square\thttp://127.0.0.1:1/a.png\n")
+    assert main(["data", "put", "rawdata", str(tsv), "--split", "line", "--json"]) == 0
+    commit = json.loads(capsys.readouterr().out)["commit"]
+    client = airflow_server.client()
+    asset = [a for a in client.call("GET", "/api/v2/assets?limit=100")["assets"]
+             if a["uri"] == "trainyard://repos/rawdata"][0]
+    events = client.call("GET", f"/api/v2/assets/events?asset_id={asset['id']}")["asset_events"]
+    assert [e for e in events if e["extra"].get("commit") == commit and e["extra"].get("repo") == "rawdata"]
