@@ -196,7 +196,7 @@ def test_data_put_announces_the_commit_to_the_server_as_an_asset_event(airflow_s
     assert main(["data", "put", "rawdata", str(tsv), "--split", "line", "--json"]) == 0
     commit = json.loads(capsys.readouterr().out)["commit"]
     client = airflow_server.client()
-    asset = [a for a in client.call("GET", "/api/v2/assets?limit=100")["assets"]
-             if a["uri"] == "trainyard://repos/rawdata"][0]
+    asset = next(a for a in client.call("GET", "/api/v2/assets?limit=100")["assets"]
+             if a["uri"] == "trainyard://repos/rawdata")
     events = client.call("GET", f"/api/v2/assets/events?asset_id={asset['id']}")["asset_events"]
     assert [e for e in events if e["extra"].get("commit") == commit and e["extra"].get("repo") == "rawdata"]
