@@ -1,8 +1,17 @@
-# Airflow image for docker-compose.yaml: the official Airflow 3.3 image plus trainyard and its pinned requirements.
+# The Airflow image of docker-compose.yaml: the official Airflow 3.3.2 image (Python 3.11) plus trainyard and the
+# pinned requirements (psycopg2 for the Postgres metadata DB, the Kubernetes and Amazon providers, the templates').
 FROM apache/airflow:3.3.2-python3.11
-COPY --chown=airflow:root requirements.txt constraints.txt pyproject.toml README.md /opt/trainyard/
-COPY --chown=airflow:root trainyard /opt/trainyard/trainyard
-COPY --chown=airflow:root operators /opt/trainyard/operators
-COPY --chown=airflow:root training_images /opt/trainyard/training_images
-RUN pip install --no-cache-dir -r /opt/trainyard/requirements.txt -c /opt/trainyard/constraints.txt \
- && pip install --no-cache-dir --no-deps /opt/trainyard
+
+# Named volumes mount over these; creating them here (as the image's airflow user) makes fresh volumes start out
+# owned by that user, so the local runner's venv cache and the admin passwords file are writable.
+RUN mkdir -p /opt/airflow/venvs /opt/airflow/auth
+
+# Requirements before the code, so a code change does not reinstall them. requirements.txt pins apache-airflow to
+# the image's version and constraints.txt pins everything else, so the image gets exactly what CI tested.
+COPY --chown=airflow:root requirements.txt constraints.txt /opt/trainyard/
+RUN pip install --no-cache-dir -r /opt/trainyard/requirements.txt -c /opt/trainyard/constraints.txt
+
+# trainyard's packages, the ones pyproject.toml lists (core, operators, step entrypoints, the plugin's web UI):
+# .dockerignore lets only them into the build context. The DAGs and the plugin itself are mounted by compose.
+COPY --chown=airflow:root . /opt/trainyard/
+RUN pip install --no-cache-dir --no-deps /opt/trainyard
