@@ -38,3 +38,17 @@ def test_kubernetes_runner_with_a_local_store_is_rejected(cfg):
 def test_unknown_runner_names_the_choices(cfg):
     with pytest.raises(ConfigError, match="local, kubernetes"):
         config.load(runner="docker").validate()
+
+
+def test_scheduled_retraining_is_off_unless_configured(cfg, monkeypatch):
+    for name in ("TRAINYARD_RETRAIN_SCHEDULE", "AIRFLOW__TRAINYARD__RETRAIN_SCHEDULE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = config.load()
+    assert (settings.retrain_schedule, settings.retrain_source, settings.retrain_data) == ("", "", "")
+    cfg.write_text(cfg.read_text() + "retrain_schedule = 0 3 * * *\nretrain_source = churn\n")
+    assert (config.load().retrain_schedule, config.load().retrain_source) == ("0 3 * * *", "churn")
+    monkeypatch.setenv("AIRFLOW__TRAINYARD__RETRAIN_SCHEDULE", "@daily")  # how docker-compose.yaml sets it
+    assert config.load().retrain_schedule == "@daily"
+    monkeypatch.setenv("TRAINYARD_RETRAIN_SCHEDULE", "@hourly")
+    assert config.load().retrain_schedule == "@hourly"
+    assert config.load(retrain_schedule="none").validate().retrain_schedule == "none"  # checked when parsed
