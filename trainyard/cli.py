@@ -61,8 +61,10 @@ def _server(args):
     """The Airflow server this command talks to, or None to run in-process (`--local`, or no `trainyard init`)."""
     if getattr(args, "local", False):
         return None
-    profile = userconfig.server_profile()
-    return profile.client() if profile else None
+    if not hasattr(args, "server_client"):  # one client per command: it logs in once and keeps its token
+        profile = userconfig.server_profile()
+        args.server_client = profile.client() if profile else None
+    return args.server_client
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
