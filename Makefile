@@ -40,6 +40,7 @@ bench: setup
 	$(PY) bench/sweep
 	$(PY) bench/datums
 	$(PY) bench/ingest
+	$(PY) bench/server
 
 clean:
 	rm -rf $(AIRFLOW_HOME) .pytest_cache
