@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 from trainyard import config, registry, remote, runs, userconfig
 from trainyard.bundles import DataBundle, SourceBundle, deploy_bundle
 from trainyard.contract import model_key
+from trainyard.display import format_metric, format_time
 from trainyard.errors import AmbiguousId, ConfigError, NotFound, TrainyardError
 from trainyard.grids import validate_grid
 from trainyard.metrics import available, default_metric, is_number, parse_spec, rank
@@ -75,10 +75,6 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
     for row in rows:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
-
-
-def _when(ts: float | None) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
 
 
 def _json_arg(text: str, what: str) -> dict:
@@ -250,15 +246,10 @@ def _deploy_to_server(client, conf: dict, store: Store, args, result: dict) -> d
     return {"run_id": run_id, "state": state, "results": remote.results(store, "train_pipeline", run_id)}
 
 
-def _metric_cell(metrics: dict, name: str | None) -> str:
-    value = metrics.get(name) if name else None
-    return f"{value:.4f}" if is_number(value) else ""
-
-
 def _print_models(models: list[dict], spec: str | None) -> None:
     name = spec.split(":")[0] if spec else None
     rows = [{"": "*" if m.get("best") else "", "model_id": m["model_id"], "params": m["label"],
-             (name or "metric"): _metric_cell(m.get("metrics", {}), name), "cached": "yes" if m["cached"] else ""}
+             (name or "metric"): format_metric(m.get("metrics", {}), name), "cached": "yes" if m["cached"] else ""}
             for m in models]
     _print_table(rows, ["", "model_id", "params", name or "metric", "cached"])
 
@@ -319,7 +310,7 @@ def cmd_list(args) -> int:
         best = summary["outputs"]["best"] or {}
         score = f"{summary['metric'].split(':')[0]}={best['value']:.4g}" if is_number(best.get("value")) else ""
         rows.append({"#": i, "run_id": r["parameters"]["run_id"], "state": summary["state"],
-                     "started": _when(summary["start_time"]), "duration": _duration(summary["execution_time"]),
+                     "started": format_time(summary["start_time"]), "duration": _duration(summary["execution_time"]),
                      "cached": "yes" if summary["cached"] else "", "models": len(r["models"]),
                      "best": best.get("model_id", ""), "score": score})
     _print_table(rows, ["#", "run_id", "state", "started", "duration", "cached", "models", "best", "score"])
@@ -403,7 +394,7 @@ def cmd_info(args) -> int:
           f"{_duration(summary['execution_time'])}  source {_short(inputs['source'])}  data {_short(inputs['data'])}")
     header = f"{name} ({'higher' if direction == 'max' else 'lower'} is better)" if name else "metric"
     rows = [{"": "*" if m.get("best") else "", "model_id": m["model_id"], "params": m["label"],
-             header: _metric_cell(m["metrics"], name), "cached": "yes" if m["cached"] else ""}
+             header: format_metric(m["metrics"], name), "cached": "yes" if m["cached"] else ""}
             for m in ranked + unranked]
     _print_table(rows, ["", "model_id", "params", header, "cached"])
     for failure in summary["outputs"]["failures"]:
@@ -429,9 +420,9 @@ def _model_info(store: Store, args) -> int:
     print(f"model     {record['model_id']}  ({record['name']}"
           f"{', version ' + ', '.join(versions) if versions else ''})")
     print(f"source    {lin['source']['repo']}:{lin['source']['commit'][:5]}  {lin['source']['author']}  "
-          f"{_when(lin['source']['time'])}  {lin['source']['message']}")
+          f"{format_time(lin['source']['time'])}  {lin['source']['message']}")
     print(f"data      {lin['data']['repo']}:{lin['data']['commit'][:5]}  {lin['data']['author']}  "
-          f"{_when(lin['data']['time'])}  {lin['data']['message']}")
+          f"{format_time(lin['data']['time'])}  {lin['data']['message']}")
     print(f"params    {json.dumps(record['params'], sort_keys=True)}  (hash {lin['params_hash'][:12]})")
     print(f"env       {record['env']}")
     print(f"airflow   dag {airflow['dag_id']}  run {airflow['run_id']}  task {airflow['task_id']}"
@@ -571,8 +562,8 @@ def cmd_models(args) -> int:
     for alias, version in doc["aliases"].items():
         aliases.setdefault(version, []).append(alias)
     rows = [{"version": v["version"], "aliases": ",".join(aliases.get(v["version"], [])), "model_id": v["model_id"],
-             (name or "metric"): _metric_cell(v["metrics"], name), "models": len(v["models"]),
-             "run_id": v["run_id"], "registered": _when(v["registered_at"])}
+             (name or "metric"): format_metric(v["metrics"], name), "models": len(v["models"]),
+             "run_id": v["run_id"], "registered": format_time(v["registered_at"])}
             for v in reversed(doc["versions"])]
     print(f"{doc['name']}: {len(doc['versions'])} version(s); best by {spec or 'no metric yet'}")
     _print_table(rows, ["version", "aliases", "model_id", name or "metric", "models", "run_id", "registered"])
@@ -642,7 +633,7 @@ def cmd_data(args) -> int:
             print(json.dumps([{k: v for k, v in c.to_json().items() if k != "manifest"} | {"files": len(c.manifest)}
                               for c in commits], indent=2))
             return 0
-        _print_table([{"commit": c.ref, "author": c.author, "time": _when(c.time), "files": len(c.manifest),
+        _print_table([{"commit": c.ref, "author": c.author, "time": format_time(c.time), "files": len(c.manifest),
                        "bytes": c.size, "message": c.message} for c in commits],
                      ["commit", "author", "time", "files", "bytes", "message"])
     elif args.data_cmd == "inspect":
@@ -651,7 +642,7 @@ def cmd_data(args) -> int:
             print(json.dumps(commit.to_json(), indent=2))
             return 0
         print(f"commit {commit.repo}:{commit.id}\nparent {commit.parent}\nauthor {commit.author}\n"
-              f"time   {_when(commit.time)}\n\n    {commit.message}\n")
+              f"time   {format_time(commit.time)}\n\n    {commit.message}\n")
         _print_table([{"path": p, "size": e["size"], "sha256": e["sha256"][:12]} for p, e in commit.manifest.items()],
                      ["path", "size", "sha256"])
     elif args.data_cmd == "ingest":

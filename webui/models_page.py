@@ -19,8 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from operators.hooks import StoreHook
 from trainyard import registry
-from trainyard.cli import _metric_cell, _when
 from trainyard.contract import model_key
+from trainyard.display import format_metric, format_time
 from trainyard.errors import NotFound
 from trainyard.metrics import MetricError, available, default_metric, is_number, parse_spec, rank
 from trainyard.store import Store
@@ -215,11 +215,11 @@ def _sort_note(sort: dict, scope: str) -> str:
 def _version_cells(row: dict, metrics: list[str]) -> str:
     aliases = "".join(f'<span class="alias">{_e(a)}</span>' for a in row["aliases"])
     cells = "".join(f'<td class="metric" data-metric="{_e(m)}" data-value="{_e(row["metrics"].get(m, ""))}">'
-                    f'{_e(_metric_cell(row["metrics"], m))}</td>' for m in metrics)
+                    f'{_e(format_metric(row["metrics"], m))}</td>' for m in metrics)
     return (f'<td class="version">{_e(row["version"])}</td><td class="aliases">{aliases}</td>'
             f'<td class="model-id"><code>{_e(row["model_id"])}</code></td>{cells}'
             f'<td class="run">{_airflow_link(_run_path(row["pipeline"], row["run_id"]), row["run_id"], "run-link")}'
-            f'</td><td class="registered">{_e(_when(row.get("registered_at")))}</td>')
+            f'</td><td class="registered">{_e(format_time(row.get("registered_at")))}</td>')
 
 
 def _version_row(row: dict, model: str, metrics: list[str], detail: str | None) -> str:
@@ -237,7 +237,7 @@ def _headers(metrics: list[str], sort: dict, with_model: bool) -> str:
 
 def _commit_line(commit: dict) -> str:
     return (f'<code>{_e(commit["repo"])}:{_e(commit["commit"][:12])}</code> {_e(commit.get("message", ""))} '
-            f'<span class="muted">{_e(commit.get("author", ""))} {_e(_when(commit.get("time")))}</span>')
+            f'<span class="muted">{_e(commit.get("author", ""))} {_e(format_time(commit.get("time")))}</span>')
 
 
 def _metric_text(value: Any) -> str:
