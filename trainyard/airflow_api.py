@@ -47,7 +47,9 @@ def _detail(payload) -> str:
         detail = "; ".join(parts)
     elif isinstance(detail, dict):
         detail = detail.get("message") or detail.get("reason") or json.dumps(detail)
-    return " ".join(str(detail).split())[:600]
+    # A Param's schema error repeats the schema and the value after its first sentence; the sentence says it all.
+    detail = str(detail).split("\n\nFailed validating")[0]
+    return " ".join(detail.split())[:600]
 
 
 class AirflowClient:

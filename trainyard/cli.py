@@ -169,8 +169,9 @@ def cmd_deploy(args) -> int:
     source, _, source_report = deploy_bundle(store, source_bundle, message=args.message, quiet=quiet)
     data, data_blobs, data_bytes = None, 0, 0
     if data_bundle is not None:
-        data, _, data_report = deploy_bundle(store, data_bundle, message=args.message, quiet=quiet)
-        _announce(data, settings)
+        data, data_created, data_report = deploy_bundle(store, data_bundle, message=args.message, quiet=quiet)
+        if data_created:  # an unchanged bundle is the same commit: nothing new to announce
+            _announce(data, settings)
         data_blobs, data_bytes = data_report.blobs_uploaded, data_report.bytes_uploaded
     elif manifest is not None:
         data, stats = _ingest(store, manifest, args.data_repo or _manifest_repo(args.manifest), args, settings)

@@ -304,6 +304,10 @@ class LocalAirflow:
                          for name in COMPONENTS)
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m trainyard.local_airflow WORKDIR`: start a local Airflow, print how to reach it, stop on Ctrl-C."""
     import argparse
@@ -312,13 +316,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("work", nargs="?", default="/tmp/trainyard-server", help="work directory (recreated)")
     parser.add_argument("--database", choices=("auto", "postgres", "sqlite"), default="auto")
     args = parser.parse_args(argv)
+    from trainyard import config
+
     shutil.rmtree(args.work, ignore_errors=True)
-    server = LocalAirflow(Path(args.work), env={k: v for k, v in os.environ.items() if k.startswith("TRAINYARD_")})
+    # The server uses the store (and venv cache) this shell's CLI resolves, so `trainyard deploy` and the server
+    # share it; an s3:// store's keys travel only as the trainyard_store connection, if one is exported.
+    settings = config.load()
+    env = {k: v for k, v in os.environ.items() if k.startswith("TRAINYARD_") or k == "AIRFLOW_CONN_TRAINYARD_STORE"}
+    env.update(TRAINYARD_STORE=settings.store, TRAINYARD_VENV_CACHE=settings.venv_cache)
+    server = LocalAirflow(Path(args.work), env=env)
+    # The components run in sessions of their own; a plain SIGTERM must stop them too, like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     print(f"starting Airflow in {args.work} (metadata: {server.database_note}) ...", file=sys.stderr)
     with server:
         secret = server.home / "passwords.json"
         print(f"Airflow UI and API: {server.url}  user {server.username}  (password in {secret}, mode 0600)")
-        print(f"connect the CLI:    trainyard init -e {server.url} -u {server.username}   (it prompts for it)")
+        print(f"store:              {settings.store}")
+        print(f"connect the CLI:    trainyard init -e {server.url} -u {server.username} --store {settings.store}"
+              "   (it prompts for the password)")
         try:
             while True:
                 time.sleep(5)
