@@ -167,6 +167,9 @@ class LocalAirflow:
             "PYTHONUNBUFFERED": "1",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # LocalExecutor forks this many workers up front; Airflow's default of 32 is a lot of idle processes
+            # for a laptop or a 2-core CI machine.
+            "AIRFLOW__CORE__PARALLELISM": str(max(4, 2 * (os.cpu_count() or 2))),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
@@ -225,6 +228,15 @@ class LocalAirflow:
             raise ServerStartError(f"airflow db migrate exited {code}:\n{tail(log)}")
 
     def stop(self, cleanup: bool = False) -> None:
+        import psutil  # an Airflow dependency
+
+        # Some descendants (the api-server's workers) start sessions of their own, out of reach of killpg.
+        strays = []
+        for proc in self.procs.values():
+            try:
+                strays += psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
         for proc in self.procs.values():
             if proc.poll() is None:
                 try:
@@ -242,6 +254,11 @@ class LocalAirflow:
             except ProcessLookupError:
                 pass
             proc.wait()
+        for stray in strays:
+            try:
+                stray.kill()
+            except psutil.NoSuchProcess:
+                pass
         self.procs = {}
         if self.postgres:
             self.postgres.stop()
