@@ -29,6 +29,8 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 for var in ("TRAINYARD_STORE", "TRAINYARD_RUNNER", "AWS_ENDPOINT_URL", "TRAINYARD_ENDPOINT", "TRAINYARD_PASSWORD"):
     os.environ.pop(var, None)
 sys.path.insert(0, str(REPO))
+# Airflow puts the plugins folder on sys.path; the UI plugin package (trainyard_ui) is imported from there.
+sys.path.insert(0, str(REPO / "plugins"))
 
 
 @pytest.fixture(scope="session")

@@ -266,7 +266,7 @@ def test_the_build_context_holds_the_packages_and_requirements_and_nothing_else(
     ignore = [ln for ln in (REPO / ".dockerignore").read_text().splitlines() if ln and not ln.startswith("#")]
     assert ignore[0] == "*"  # everything out (.venv, .airflow, .git) unless named
     included = {ln[1:].rstrip("/") for ln in ignore if ln.startswith("!")}
-    # Every package `pip install /opt/trainyard` installs (the plugin imports webui), and the files it reads.
+    # Every package `pip install /opt/trainyard` installs (the UI plugin comes with the mounted plugins folder), and the files it reads.
     find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     packages = {pattern.rstrip("*") for pattern in find["include"]}
     assert included == packages | {"requirements.txt", "constraints.txt", "pyproject.toml", "README.md"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 from html.parser import HTMLParser
 
 import pytest
@@ -53,7 +54,7 @@ def _register_run(store, run_id: str, source: str, data: str, trained: list[tupl
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Three registered versions of mnist (through the real register step) and one hostile, record-less name."""
-    root = tmp_path_factory.mktemp("webui")
+    root = tmp_path_factory.mktemp("models-page")
     uri = f"file://{root / 'store'}"
     store = open_store(uri)
     with pytest.MonkeyPatch.context() as mp:
@@ -153,7 +154,16 @@ def test_the_plugin_is_loaded_by_airflow_and_listed_for_the_ui(api, token):
     assert (REPO / "plugins" / "airflow_local_settings.py").is_file()
     assert plugins_manager.get_import_errors() == {}
     plugin = {p["name"]: p for p in plugins_manager.get_plugin_info()}["trainyard"]
-    assert plugin["fastapi_apps"] == [{"name": "trainyard models", "app": "webui._LazyApp", "url_prefix": "/trainyard"}]
+    assert plugin["fastapi_apps"] == [{"name": "trainyard models", "app": "trainyard_ui._LazyApp",
+                                       "url_prefix": "/trainyard"}]
+    # plugins/.airflowignore keeps Airflow's plugin scan (in every task process) from importing the page's own files
+    # as top-level modules, which would load FastAPI there and defeat the lazy app.
+    from airflow._shared.plugins_manager.plugins_manager import _load_plugins_from_plugin_directory
+
+    sys.modules.pop("models_page", None)
+    found, errors = _load_plugins_from_plugin_directory(str(REPO / "plugins"))
+    assert [p.name for p in found] == ["trainyard"] and errors == {}
+    assert "models_page" not in sys.modules
     # What the UI itself fetches to build its navigation.
     listed = _get(api, token, "/api/v2/plugins").json()["plugins"]
     views = [v for p in listed if p["name"] == "trainyard" for v in p["external_views"]]

@@ -6,14 +6,14 @@ URL_PREFIX = "/trainyard"
 
 
 class _LazyApp:
-    """An ASGI app that builds the real FastAPI app (webui.models_page) on its first request."""
+    """An ASGI app that builds the real FastAPI app (trainyard_ui.models_page) on its first request."""
 
     def __init__(self) -> None:
         self._app = None
 
     def get(self):
         if self._app is None:
-            from webui.models_page import create_app
+            from trainyard_ui.models_page import create_app
 
             self._app = create_app()
         return self._app
