@@ -50,9 +50,11 @@ def page():
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         context.set_default_timeout(30_000)
+        page = context.new_page()
         try:
-            yield context.new_page()
+            yield page
         finally:
+            page.screenshot(path=str(ARTIFACTS / "99-last-page.png"), full_page=True)  # what it saw at the end
             context.close()
             browser.close()
 
