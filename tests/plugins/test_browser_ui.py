@@ -89,6 +89,8 @@ def _wait_for_run(server, run_id: str, timeout: float = 240) -> str:
 
 def test_trigger_from_the_ui_form_and_find_the_model_on_the_trainyard_page(airflow_server, page, tmp_path,
                                                                              monkeypatch, capsys):
+    from playwright.sync_api import expect
+
     _upload_mnist(airflow_server, tmp_path, monkeypatch)
     capsys.readouterr()
     url = airflow_server.url
@@ -106,8 +108,9 @@ def test_trigger_from_the_ui_form_and_find_the_model_on_the_trainyard_page(airfl
     # The trigger form renders each Param with its description and default.
     page.goto(url + "/dags/train_pipeline")
     page.get_by_test_id("trigger-dag-button").click()
-    assert page.locator("#element_source").input_value() == "mnist"
-    assert page.locator("#element_source_ref").input_value() == "latest"
+    # The form fills in the Params' defaults after it renders; expect() waits for them.
+    expect(page.locator("#element_source")).to_have_value("mnist")
+    expect(page.locator("#element_source_ref")).to_have_value("latest")
     page.get_by_text("'latest' or a commit short id").first.wait_for()
 
     # An invalid value is refused with the schema's message, and no run starts.
