@@ -67,10 +67,11 @@ def test_init_keeps_credentials_private_and_never_prints_them(airflow_server, pr
 
 
 def test_deploy_wait_trains_mnist_through_the_rest_api(airflow_server, profile, tmp_path, capsys):
+    # The server is shared by the session: the metric is given, since a pipeline remembers the last one it was given.
     shutil.copytree(MNIST / "model-train", tmp_path / "src")
     shutil.copytree(MNIST / "data", tmp_path / "data")
     code = main(["deploy", "-s", str(tmp_path / "src"), "-d", str(tmp_path / "data"), "--wait",
-                 "-h", '{"kernel": ["linear", "rbf"]}', "--json"])
+                 "-h", '{"kernel": ["linear", "rbf"]}', "--metric", "accuracy_test:max", "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
     result = json.loads(captured.out)
