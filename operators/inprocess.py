@@ -66,5 +66,4 @@ def run_pipeline(dag_id: str, conf: dict, *, quiet: bool = False, store_uri: str
     state = str(getattr(dag_run.state, "value", dag_run.state))
     # The same credentials the steps used: the Airflow connection, else the environment.
     store = StoreHook(store_uri=config.load(store=store_uri).store).get_conn()
-    key = runs.results_key(dag_id, dag_run.run_id)
-    return {"run_id": dag_run.run_id, "state": state, "results": store.get_json(key) if store.exists(key) else None}
+    return {"run_id": dag_run.run_id, "state": state, "results": runs.read_results(store, dag_id, dag_run.run_id)}

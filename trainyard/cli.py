@@ -244,7 +244,7 @@ def _deploy_to_server(client, conf: dict, store: Store, args, result: dict) -> d
         return None
     _say(f"triggered train_pipeline run {run_id} ({result['url']}); waiting for it to end")
     state = remote.wait(client, "train_pipeline", run_id, say=_say)
-    return {"run_id": run_id, "state": state, "results": remote.results(store, "train_pipeline", run_id)}
+    return {"run_id": run_id, "state": state, "results": runs.read_results(store, "train_pipeline", run_id)}
 
 
 def _print_models(models: list[dict], spec: str | None) -> None:

@@ -6,10 +6,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from trainyard import runs
 from trainyard.airflow_api import FINISHED_TASK_STATES, TERMINAL_RUN_STATES, AirflowClient
 from trainyard.errors import NotFound, TrainyardError
-from trainyard.store.versioned import Store
 
 
 class KillTimeout(TrainyardError):
@@ -75,9 +73,3 @@ def kill(client: AirflowClient, dag_id: str, run_id: str, *, timeout: float = 60
         time.sleep(1)
     raise KillTimeout(f"run {run_id}: {', '.join(still)} still not stopped after {timeout:.0f} s; "
                       f"see {client.run_url(dag_id, run_id)}")
-
-
-def results(store: Store, dag_id: str, run_id: str) -> dict | None:
-    """The run's `_results.json` from the store, or None when it wrote none (it failed before registering)."""
-    key = runs.results_key(dag_id, run_id)
-    return store.get_json(key) if store.exists(key) else None

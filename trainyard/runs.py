@@ -31,6 +31,12 @@ def results_key(pipeline: str, run_id: str) -> str:
     return run_prefix(pipeline, run_id) + "_results.json"
 
 
+def read_results(store: Store, pipeline: str, run_id: str) -> dict[str, Any] | None:
+    """A run's `_results.json`, or None when it wrote none (it failed before registering, or still runs)."""
+    key = results_key(pipeline, run_id)
+    return store.get_json(key) if store.exists(key) else None
+
+
 def list_results(store: Store, pipeline: str) -> list[dict[str, Any]]:
     """Every run's `_results.json`, newest first (by start time)."""
     runs = [store.get_json(k) for k in store.backend.list(f"runs/{pipeline}/") if k.endswith("/_results.json")]
