@@ -57,14 +57,17 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _server(args):
-    """The Airflow server this command talks to, or None to run in-process (`--local`, or no `trainyard init`)."""
-    if getattr(args, "local", False):
-        return None
-    if not hasattr(args, "server_client"):  # one client per command: it logs in once and keeps its token
+def _profile_client(args):
+    """A REST client for the server `trainyard init` chose, or None; one per command, so it logs in once."""
+    if not hasattr(args, "server_client"):
         profile = userconfig.server_profile()
         args.server_client = profile.client() if profile else None
     return args.server_client
+
+
+def _server(args):
+    """The Airflow server this command talks to, or None to run in-process (`--local`, or no `trainyard init`)."""
+    return None if getattr(args, "local", False) else _profile_client(args)
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
@@ -104,13 +107,14 @@ def _deploy_conf(args, settings) -> dict:
             "save_training_data": args.save_training_data}
 
 
-def _announce(commit, settings) -> None:
-    """Tell Airflow about a new commit (an Asset event): over REST in server mode, else in the embedded metadata
-    DB when [trainyard] announce_commits is on. DAGs scheduled on the repo (caption_pipeline on rawdata) run."""
-    profile = userconfig.server_profile()
-    if profile is not None:
-        if profile.client().announce(f"trainyard://repos/{commit.repo}", {"repo": commit.repo, "commit": commit.id}):
-            print(f"announced {commit.ref} to {profile.endpoint} (asset trainyard://repos/{commit.repo})",
+def _announce(commit, settings, args) -> None:
+    """Tell Airflow about a new commit (an Asset event): over REST when `trainyard init` chose a server, else in the
+    embedded metadata DB when [trainyard] announce_commits is on. DAGs scheduled on the repo (caption_pipeline on
+    rawdata) run."""
+    client = _profile_client(args)
+    if client is not None:
+        if client.announce(f"trainyard://repos/{commit.repo}", {"repo": commit.repo, "commit": commit.id}):
+            print(f"announced {commit.ref} to {client.endpoint} (asset trainyard://repos/{commit.repo})",
                   file=sys.stderr)
         return
     if not settings.flag("announce_commits"):
@@ -171,11 +175,11 @@ def cmd_deploy(args) -> int:
     if data_bundle is not None:
         data, data_created, data_report = deploy_bundle(store, data_bundle, message=args.message, quiet=quiet)
         if data_created:  # an unchanged bundle is the same commit: nothing new to announce
-            _announce(data, settings)
+            _announce(data, settings, args)
         data_blobs, data_bytes = data_report.blobs_uploaded, data_report.bytes_uploaded
     elif manifest is not None:
         data, stats = _ingest(store, manifest, args.data_repo or _manifest_repo(args.manifest), args, settings)
-        _announce(data, settings)
+        _announce(data, settings, args)
         data_blobs, data_bytes = stats["blobs_uploaded"], stats["bytes_uploaded"]
     uploaded = {"blobs": source_report.blobs_uploaded + data_blobs,
                 "bytes": source_report.bytes_uploaded + data_bytes}
@@ -650,7 +654,7 @@ def cmd_data(args) -> int:
         settings = config.load(store=args.store)
         entries = _load_manifest(args.manifest, settings)
         commit, stats = _ingest(store, entries, args.repo, args, settings)
-        _announce(commit, settings)
+        _announce(commit, settings, args)
         if args.json:
             print(json.dumps({"repo": commit.repo, "commit": commit.id, "ref": commit.ref, **stats}, indent=2))
     elif args.data_cmd == "repos":
@@ -664,7 +668,7 @@ def cmd_data(args) -> int:
                                   message=args.message)
         _emit({"repo": commit.repo, "commit": commit.id, "ref": commit.ref, "datums": datums,
                "files": len(commit.manifest)}, args.json, f"{commit.ref}  {datums} datum(s)")
-        _announce(commit, config.load(store=args.store))
+        _announce(commit, config.load(store=args.store), args)
     return 0
 
 
