@@ -28,6 +28,8 @@ class Settings:
     step_image: str = "trainyard/steps:latest"
     registry: str = "registry.local:5000"
     kaniko_image: str = "gcr.io/kaniko-project/executor:v1.23.2"
+    # Base of the image built for a source bundle without a Dockerfile (AI Center packages): base + its requirements.
+    default_base_image: str = "python:3.11-slim"
     gpu_node_selector: str = "nvidia.com/gpu.present=true"
     gpu_toleration: str = "nvidia.com/gpu"
     venv_cache: str = "~/.cache/trainyard/venvs"
