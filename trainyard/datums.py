@@ -507,3 +507,318 @@ def work_units(inputs: list[DatumInput], combine: str = "single") -> dict[str, d
         units[name] = {"files": {**files_of(left, datums[0], jd.left), **files_of(right, datums[1], jd.right)},
                        "id": jd.id}
     return units
+
+
+# -- Pachyderm pipeline inputs: pfs globs with capture groups, and cross, union, join and group over N inputs ----
+# Semantics follow Pachyderm's datum iterators (docs: "Glob Pattern", "Cross and Union Inputs", "Join", "Group"):
+# a pfs input is one datum per glob match; cross multiplies its inputs' datums, union concatenates them; join pairs
+# the parts whose join_on keys are equal (outer_join inputs also keep parts without a partner); group gathers every
+# part with the same group_by key into one datum. A datum is a tuple of parts, each seen at /pfs/<name>/<path>.
+_EXTGLOB = re.compile(r"[!@+]\(")
+_GO_TEMPLATE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+)|(\$))")
+
+
+@dataclasses.dataclass(frozen=True)
+class PfsGlob:
+    """A compiled Pachyderm glob: the regex over a path without its leading '/', and how paths are cut to match."""
+
+    pattern: str
+    regex: re.Pattern[str]
+    depth: int  # path segments a match spans (0: the whole repo); unused when recursive
+    recursive: bool  # holds '**', which crosses '/' and matches files at any depth
+    dirs_only: bool
+
+    @property
+    def groups(self) -> int:
+        return self.regex.groups
+
+
+def _pfs_glob_regex(body: str, pattern: str) -> tuple[str, int]:
+    """Translate a glob body (no leading '/') to a regex; returns (regex, '/'-separated segments)."""
+    out: list[str] = []
+    depth, in_brace, segments = 0, False, 1
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c == "\\":
+            if i + 1 == len(body):
+                raise GlobError(f"glob {pattern!r} ends with a lone backslash")
+            out.append(re.escape(body[i + 1]))
+            i += 2
+            continue
+        if body.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = i + 1
+            if j < len(body) and body[j] in "!^":
+                j += 1
+            if j < len(body) and body[j] == "]":
+                j += 1
+            end = body.find("]", j)
+            if end == -1:
+                raise GlobError(f"glob {pattern!r} has an unclosed '['")
+            members = body[i + 1:end]
+            if "/" in members:
+                raise GlobError(f"glob {pattern!r} has a '/' inside '[...]'; a class matches one character of a name")
+            negated = members[:1] in ("!", "^")
+            members = (members[1:] if negated else members).replace("\\", "\\\\")
+            out.append(f"[^/{members}]" if negated else f"[{members}]")
+            i = end + 1
+            continue
+        elif c == "{":
+            if in_brace:
+                raise GlobError(f"glob {pattern!r} nests '{{' alternatives, which is not supported")
+            in_brace = True
+            out.append("(?:")
+        elif c == "," and in_brace:
+            out.append("|")
+        elif c == "}" and in_brace:
+            in_brace = False
+            out.append(")")
+        elif c == "(":
+            depth += 1
+            out.append("(")
+        elif c == ")":
+            if depth == 0:
+                raise GlobError(f"glob {pattern!r} has a ')' without its '('")
+            depth -= 1
+            out.append(")")
+        elif c == "/":
+            if in_brace:
+                raise GlobError(f"glob {pattern!r} has a '/' inside '{{...}}'; alternatives must stay within a name")
+            if i + 1 < len(body) and body[i + 1] == "/":
+                raise GlobError(f"glob {pattern!r} has an empty path segment ('//')")
+            segments += 1
+            out.append("/")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    if in_brace:
+        raise GlobError(f"glob {pattern!r} has an unclosed '{{'")
+    if depth:
+        raise GlobError(f"glob {pattern!r} has an unclosed '('")
+    return "".join(out), segments
+
+
+def compile_pfs_glob(pattern: str) -> PfsGlob:
+    """Compile a pfs input's glob as Pachyderm reads it: absolute ('/...'), '*' and '?' within a name, '**' across
+    directories, '[...]' classes, '{a,b}' alternatives and '(...)' capture groups for join_on and group_by."""
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise GlobError("glob is empty; use / for the whole repo as one datum, /* for one datum per top-level entry")
+    text = pattern.strip()
+    if not text.startswith("/"):
+        raise GlobError(f"glob {pattern!r} does not start with '/': globs match paths from the repo's root, "
+                        f"e.g. /{text}")
+    if _EXTGLOB.search(text):
+        raise GlobError(f"glob {pattern!r} uses an extended glob (!(...), @(...), +(...)), which is not supported")
+    dirs_only = len(text) > 1 and text.endswith("/")
+    body = text.strip("/")
+    if not body:
+        return PfsGlob(pattern, re.compile(""), 0, False, False)
+    regex, segments = _pfs_glob_regex(body, pattern)
+    recursive = "**" in body.replace("\\*", "")
+    if recursive and dirs_only:
+        raise GlobError(f"glob {pattern!r} ends with '/' after '**'; '**' matches files, drop the trailing '/'")
+    try:
+        compiled = re.compile(regex)
+    except re.error as exc:
+        raise GlobError(f"glob {pattern!r} is not a valid glob ({exc})") from None
+    return PfsGlob(pattern, compiled, segments, recursive, dirs_only)
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobMatch:
+    """One datum of a pfs input: the matched path ('/' for the root), its files (repo path -> entry), the captures."""
+
+    path: str
+    files: dict[str, dict]
+    groups: tuple[str | None, ...] = ()
+
+
+def pfs_glob(manifest: dict[str, dict], pattern: str | PfsGlob) -> list[GlobMatch]:
+    """The datums a pfs input's glob makes of a commit, sorted by path.
+
+    Each file or directory whose path matches is one datum (a directory brings every file under it), as Pachyderm's
+    glob does: '/' is the whole repo, '/*' each top-level entry, '/*/*' each second-level one, a trailing '/' keeps
+    directories only, and '**' (which crosses '/') matches files at any depth, e.g. /**test*.txt.
+    """
+    glob = pattern if isinstance(pattern, PfsGlob) else compile_pfs_glob(pattern)
+    if glob.depth == 0:
+        return [GlobMatch("/", dict(sorted(manifest.items())))] if manifest else []
+    found: dict[str, dict[str, dict]] = {}
+    captures: dict[str, tuple[str | None, ...]] = {}
+    verdicts: dict[str, re.Match[str] | None] = {}
+    for key in sorted(manifest):
+        clean = key.strip("/")
+        if glob.recursive:
+            prefix = clean
+        else:
+            parts = clean.split("/")
+            if len(parts) < glob.depth or (glob.dirs_only and len(parts) == glob.depth):
+                continue
+            prefix = "/".join(parts[:glob.depth])
+        if prefix not in verdicts:
+            verdicts[prefix] = glob.regex.fullmatch(prefix)
+        match = verdicts[prefix]
+        if match:
+            found.setdefault(prefix, {})[key] = manifest[key]
+            captures[prefix] = match.groups()
+    return [GlobMatch(f"/{prefix}", files, captures[prefix]) for prefix, files in sorted(found.items())]
+
+
+def expand_captures(template: str, groups: tuple[str | None, ...]) -> str:
+    """Expand a join_on / group_by template ('$1', '$1$2', '${2}') with a match's capture groups.
+
+    As Go's regexp Expand (which Pachyderm uses): '$name' takes the longest run of letters, digits and '_' as the
+    name, so write '${1}x' rather than '$1x'; '$$' is a '$'; an unknown group expands to nothing.
+    """
+    def one(match: re.Match[str]) -> str:
+        if match.group(3):
+            return "$"
+        name = match.group(1) or match.group(2)
+        if name.isdigit() and 0 < int(name) <= len(groups):
+            return groups[int(name) - 1] or ""
+        return ""
+
+    return _GO_TEMPLATE.sub(one, template)
+
+
+def template_groups(template: str) -> list[int]:
+    """The capture group numbers a join_on / group_by template refers to (names that are not numbers give 0)."""
+    numbers = []
+    for braced, plain, dollar in _GO_TEMPLATE.findall(template):
+        if not dollar:
+            name = braced or plain
+            numbers.append(int(name) if name.isdigit() else 0)
+    return numbers
+
+
+@dataclasses.dataclass
+class PfsSource:
+    """A pfs input resolved to a commit: its name (/pfs/<name>), repo, commit manifest and glob, plus its keys."""
+
+    name: str
+    repo: str
+    glob: str
+    manifest: dict[str, dict]
+    commit: str | None = None
+    join_on: str | None = None
+    group_by: str | None = None
+    outer_join: bool = False
+    lazy: bool = False
+
+
+@dataclasses.dataclass
+class Combined:
+    """A cross, union, join or group of inputs (each a PfsSource or another Combined)."""
+
+    kind: Literal["cross", "union", "join", "group"]
+    inputs: list[PfsSource | Combined]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatumPart:
+    """One input's share of a datum: the glob match `path` of `repo`, its files seen at /pfs/<name>/<repo path>."""
+
+    name: str
+    repo: str
+    commit: str | None
+    path: str
+    files: dict[str, dict] = dataclasses.field(hash=False, compare=False)
+    join_key: str = ""
+    group_key: str = ""
+    lazy: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.path}"
+
+
+Datum = tuple[DatumPart, ...]
+
+
+def _ordered(parts) -> Datum:
+    return tuple(sorted(parts, key=lambda p: (p.name, p.path, p.repo)))
+
+
+def _source_datums(source: PfsSource) -> list[Datum]:
+    glob = compile_pfs_glob(source.glob)
+    datums = []
+    for match in pfs_glob(source.manifest, glob):
+        datums.append((DatumPart(
+            name=source.name, repo=source.repo, commit=source.commit, path=match.path, files=match.files,
+            join_key=expand_captures(source.join_on, match.groups) if source.join_on else "",
+            group_key=expand_captures(source.group_by, match.groups) if source.group_by else "",
+            lazy=source.lazy),))
+    return datums
+
+
+def _outer(node: PfsSource | Combined) -> bool:
+    return isinstance(node, PfsSource) and node.outer_join
+
+
+def input_datums(node: PfsSource | Combined) -> list[Datum]:
+    """Every datum of an input tree, each a tuple of parts ordered by input name; sorted by their labels."""
+    if isinstance(node, PfsSource):
+        datums = _source_datums(node)
+    elif node.kind == "union":
+        datums = [d for child in node.inputs for d in input_datums(child)]
+    elif node.kind == "cross":
+        sides = [input_datums(child) for child in node.inputs]
+        datums = [_ordered(p for d in combo for p in d) for combo in itertools.product(*sides)]
+    elif node.kind == "join":
+        # key -> for each input, the parts with that key (a part of a nested datum carries its own key)
+        table: dict[str, list[list[DatumPart]]] = {}
+        for i, child in enumerate(node.inputs):
+            for datum in input_datums(child):
+                for part in datum:
+                    table.setdefault(part.join_key, [[] for _ in node.inputs])[i].append(part)
+        datums = []
+        for lists in table.values():
+            if not all(lists):
+                # a key some input lacks: only outer_join inputs keep their parts; if none does, no datum
+                lists = [parts for child, parts in zip(node.inputs, lists) if parts and _outer(child)]
+                if not lists:
+                    continue
+            datums += [_ordered(combo) for combo in itertools.product(*lists)]
+    elif node.kind == "group":
+        groups: dict[str, list[DatumPart]] = {}
+        for child in node.inputs:
+            for datum in input_datums(child):
+                for part in datum:
+                    groups.setdefault(part.group_key, []).append(part)
+        datums = [_ordered(groups[key]) for key in sorted(groups)]
+    else:
+        raise DatumError(f"unknown input kind {node.kind!r}; use pfs, cross, union, join or group")
+    return sorted(datums, key=lambda d: [(p.name, p.path, p.repo) for p in d])
+
+
+def pfs_datum_id(datum: Datum) -> str:
+    """A datum's identity: each part's input name and path with its files' content. The transform sees exactly
+    this (/pfs/<name>/<path>), so the same id means the same input; changing a byte, a name or a path changes it."""
+    return sha256_bytes(canonical_json([[p.name, p.path, {k: [e["sha256"], e["size"]] for k, e in p.files.items()}]
+                                        for p in datum]))
+
+
+def datum_label(datum: Datum) -> str:
+    """How `pachctl list datum` names a datum: its parts as name:path, comma-separated."""
+    return ", ".join(p.label for p in datum)
+
+
+def datum_files(datum: Datum) -> dict[str, dict]:
+    """Where a datum's files sit under /pfs: {"<name>/<repo path>": entry}; two parts writing one path is an error."""
+    files: dict[str, dict] = {}
+    for part in datum:
+        for key, entry in part.files.items():
+            path = f"{part.name}/{key.strip('/')}"
+            if path in files and files[path]["sha256"] != entry["sha256"]:
+                raise DatumError(f"datum {datum_label(datum)} holds /pfs/{path} twice with different content; "
+                                 "give the inputs distinct names")
+            files[path] = entry
+    return files
