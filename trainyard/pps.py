@@ -653,14 +653,11 @@ def downstream_order(records: dict[str, PipelineRecord], repo: str) -> list[str]
     return order
 
 
-def save_pipelines(store: Store, specs: list[tuple[PipelineSpec, str]], *, source: SourceRef | None,
-                   update: bool, keep_source: bool = True) -> list[PipelineRecord]:
-    """Validate the pipeline graph with the specs already stored, then store each spec; all or nothing.
-
-    create refuses a name that exists, update one that does not; a cycle between pipelines is refused either way.
-    """
+def check_pipelines(store: Store, specs: list[PipelineSpec], *, update: bool) -> dict[str, PipelineRecord]:
+    """The checks that need the stored pipelines: create refuses a name that exists, update one that does not, and
+    either refuses a cycle between pipelines. Returns the stored pipelines."""
     existing = load_pipelines(store)
-    names = [spec.name for spec, _ in specs]
+    names = [spec.name for spec in specs]
     if update:
         missing = [n for n in names if n not in existing]
         if missing:
@@ -671,11 +668,18 @@ def save_pipelines(store: Store, specs: list[tuple[PipelineSpec, str]], *, sourc
             raise SpecError(f"pipeline {taken[0]!r} already exists; change it with `trainyard pipeline update -f` "
                             f"or delete it first")
     graph = {n: r.parsed for n, r in existing.items()}
-    graph.update({spec.name: spec for spec, _ in specs})
+    graph.update({spec.name: spec for spec in specs})
     cycle = find_cycle(graph)
     if cycle:
         raise SpecError(f"pipelines would form a cycle: {' -> '.join(cycle)} (each reads the output repo of the one "
                         "before it); a pipeline graph must be acyclic, so change one of their inputs")
+    return existing
+
+
+def save_pipelines(store: Store, specs: list[tuple[PipelineSpec, str]], *, source: SourceRef | None,
+                   update: bool, keep_source: bool = True) -> list[PipelineRecord]:
+    """Check the specs against the stored pipelines (check_pipelines), then store each spec; all or nothing."""
+    existing = check_pipelines(store, [spec for spec, _ in specs], update=update)
     now = time.time()
     records = []
     for spec, where in specs:
