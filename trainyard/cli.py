@@ -669,6 +669,8 @@ def cmd_data(args) -> int:
         _emit({"repo": commit.repo, "commit": commit.id, "ref": commit.ref, "datums": datums,
                "files": len(commit.manifest)}, args.json, f"{commit.ref}  {datums} datum(s)")
         _announce(commit, config.load(store=args.store), args)
+        if not args.no_run:
+            return _run_pipelines_reading(store, commit, args)
     return 0
 
 
@@ -684,6 +686,169 @@ def cmd_template(args) -> int:
         raise TrainyardError(f"{dest} already exists; pass -o to choose another directory")
     shutil.copytree(TEMPLATES / args.name, dest, ignore=shutil.ignore_patterns("__pycache__"))
     print(f"template {args.name} written to {dest}")
+    return 0
+
+
+def _run_pipelines_reading(store: Store, commit, args) -> int:
+    """Embedded default: run the Pachyderm pipelines a commit reaches, in-process and upstream first (a server runs
+    them itself on the commit's Asset event)."""
+    from trainyard import pps
+
+    records = pps.load_pipelines(store)
+    if not pps.readers(records, commit.repo) or _server(args) is not None:
+        return 0
+    _embedded_airflow_env()
+    from operators.pps import run_downstream  # Airflow is imported only when a pipeline reads the repo
+
+    with _stdout_to_stderr(enabled=True):
+        runs_ = run_downstream(commit.repo, store_uri=store.uri, quiet=args.json, say=_say)
+    for run in runs_:
+        _say(f"pipeline {run['pipeline']}: {run['state']}  run {run['run_id']}  "
+             + (f"output {run['output'][:len(run['pipeline']) + 6]}" if run["output"] else "no output")
+             + ("" if run["changed"] else " (unchanged)"))
+    failed = [r for r in runs_ if r["state"] != "success"]
+    if failed:
+        from trainyard.errors import StepError
+
+        raise StepError(f"pipeline {failed[0]['pipeline']} failed (run {failed[0]['run_id']}); see "
+                        f"`trainyard logs --pipeline {failed[0]['dag_id']} --run-id {failed[0]['run_id']}`")
+    return 0
+
+
+def _pipeline_source(store: Store, text: str, quiet: bool):
+    """--source: a directory is committed as a source repo named after it (its root is the transform's working
+    directory); anything else names a source repo already in the store, REPO or REPO:REF."""
+    from trainyard import pps
+    from trainyard.bundles import IGNORED_NAMES, scan_tree
+
+    path = Path(text)
+    if path.is_dir():
+        entries = [p for p in path.iterdir() if p.name not in IGNORED_NAMES]
+        root = entries[0] if len(entries) == 1 and entries[0].is_dir() else path  # kaos layout: model-train/<name>/
+        files = scan_tree(root)
+        if not files:
+            raise ConfigError(f"--source {text} is empty; give the folder that holds the transform's code")
+        repo = root.resolve().name.lower()
+        report = store.upload_files(files, quiet=quiet, desc=repo, repo=repo)
+        commit, _ = store.commit(repo, report.manifest, message=f"pipeline source {root}")
+    else:
+        repo, ref = parse_ref(text)
+        try:
+            commit = store.resolve(repo, ref)
+        except NotFound:
+            raise NotFound(f"--source {text}: no such directory, and no source repo {repo!r} in the store; give the "
+                           "folder of the transform's code, or a repo deployed with `trainyard deploy --upload-only`") \
+                from None
+    return pps.SourceRef(repo=commit.repo, commit=commit.id)
+
+
+def _wait_for_pipeline_dags(client, names: list[str], timeout: float) -> None:
+    """Server mode: wait until the dag-processor has parsed each pipeline's DAG, and make sure it is unpaused."""
+    from trainyard import pps
+
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            try:
+                dag = client.dag(pps.dag_id(name))
+                break
+            except NotFound:
+                if time.monotonic() > deadline:
+                    _say(f"note: {client.endpoint} has not parsed {pps.dag_id(name)} after {timeout:.0f} s; it "
+                         "appears at the dag-processor's next parse of dags/pachyderm_pipelines.py")
+                    return
+                time.sleep(2)
+        if dag.get("is_paused"):
+            client.unpause(pps.dag_id(name))
+        _say(f"pipeline {name} is live on {client.endpoint} (DAG {pps.dag_id(name)})")
+
+
+def cmd_pipeline(args) -> int:
+    from trainyard import pps
+
+    store = _store(args)
+    if args.pipeline_cmd in ("create", "update"):
+        settings = config.load(store=args.store)
+        specs = pps.load_spec_files(args.file)
+        for spec, where in specs:
+            pps.check_resources(spec, settings, where)
+            if settings.runner == "kubernetes" and not spec.transform.image:
+                raise pps.SpecError(f"{where}: transform.image is required on the kubernetes runner")
+        pps.check_pipelines(store, [spec for spec, _ in specs], update=args.pipeline_cmd == "update")
+        source = _pipeline_source(store, args.source, args.json) if args.source else None
+        records = pps.save_pipelines(store, specs, source=source, update=args.pipeline_cmd == "update")
+        rows = [_pipeline_row(store, r) for r in records]
+        server = _server(args)
+        if not args.json:
+            verb = "created" if args.pipeline_cmd == "create" else "updated"
+            for row in rows:
+                print(f"{verb} pipeline {row['name']} (DAG {row['dag']}): {row['input']} -> repo {row['output']}, "
+                      f"source {row['source'] or 'none'}")
+                if row["note"]:
+                    _say(f"note: {row['note']}")
+            if server is None:
+                _say("a `trainyard data put` into an input repo runs the pipelines here, in-process; "
+                     f"`airflow dags test {rows[0]['dag']}` runs one on what its inputs hold now")
+        if server is not None and not args.no_wait:
+            _wait_for_pipeline_dags(server, [r.name for r in records], args.wait_timeout)
+        if args.json:
+            print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    if args.pipeline_cmd == "list":
+        rows = [_pipeline_row(store, r) for r in pps.load_pipelines(store).values()]
+        if args.json:
+            print(json.dumps(rows, indent=2, sort_keys=True))
+        else:
+            _print_table(rows, ["name", "input", "output", "source", "dag", "updated"])
+        return 0
+    if args.pipeline_cmd == "delete":
+        names = pps.delete_pipelines(store, args.names)
+        _emit({"deleted": names}, args.json, "\n".join(f"deleted pipeline {n} (its repo {n} and datum records stay)"
+                                                       for n in names))
+        return 0
+    return _pipeline_datums(store, args)
+
+
+def _pipeline_row(store: Store, record) -> dict:
+    from trainyard import pps
+
+    spec = record.parsed
+    note = ""
+    provenance_of = store.branch_head(spec.name)
+    if provenance_of and not store.exists(f"pps/state/{spec.name}.json"):
+        note = (f"repo {spec.name} already has commits that pipeline {spec.name} did not make; its commits will "
+                "go on top of them")
+    return {"name": spec.name, "dag": spec.dag_id, "input": pps.describe_input(spec.input), "output": spec.name,
+            "source": f"{record.source.repo}:{record.source.commit[:5]}" if record.source else "",
+            "updated": format_time(record.updated), "file": record.file, "note": note}
+
+
+def _pipeline_datums(store: Store, args) -> int:
+    """`pipeline datums NAME`: each datum of a job with its state and timing (kept when the spec has enable_stats)."""
+    from trainyard import pps
+
+    record = pps.get_pipeline(store, args.name)
+    job = args.job
+    if not job:
+        try:
+            job = store.get_json(pps.state_key(args.name))["job"]
+        except NotFound:
+            raise NotFound(f"pipeline {args.name} has not finished a job yet; see `trainyard logs --pipeline "
+                           f"{pps.dag_id(args.name)} --run-id ID`") from None
+    prefix = f"pps/stats/{args.name}/{job}/"
+    stats = [store.get_json(k) for k in sorted(store.backend.list(prefix)) if k.endswith(".json")]
+    if not stats and not record.parsed.enable_stats:
+        raise NotFound(f"pipeline {args.name} keeps no per-datum stats: set \"enable_stats\": true in its spec and "
+                       "`trainyard pipeline update -f SPEC`")
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return 0
+    print(f"pipeline {args.name}  job {job}  {len(stats)} datum(s) processed or failed in it")
+    _print_table([{"datum": s["datum"][:12], "files": s["label"][:60], "state": s["state"],
+                   "attempts": s["attempts"], "total": f"{s['seconds']:.2f}s",
+                   "download": f"{s.get('download_seconds', 0):.2f}s", "process": f"{s.get('process_seconds', 0):.2f}s",
+                   "upload": f"{s.get('upload_seconds', 0):.2f}s"} for s in stats],
+                 ["datum", "files", "state", "attempts", "total", "download", "process", "upload"])
     return 0
 
 
@@ -800,6 +965,8 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("--path", help="path in the repo (default: the file's name); a split file becomes a directory")
     put.add_argument("-m", "--message", default="", help="commit message")
     put.add_argument("--json", action="store_true")
+    put.add_argument("--no-run", action="store_true",
+                     help="only commit: do not run the Pachyderm pipelines that read the repo here (embedded default)")
     data.set_defaults(func=cmd_data)
 
     template = sub.add_parser("template", help="list or copy bundled templates")
@@ -835,6 +1002,31 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--wait", action="store_true", help="follow the run's tasks until it ends")
     trigger.add_argument("--json", action="store_true")
     trigger.set_defaults(func=cmd_trigger)
+
+    pipeline = sub.add_parser("pipeline", help="Pachyderm pipeline specs: create, update, list, delete, datums",
+                              epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pipeline_sub = pipeline.add_subparsers(dest="pipeline_cmd", required=True)
+    for verb, text in (("create", "store Pachyderm specs; each becomes the DAG pps_<name>"),
+                       ("update", "replace stored specs (their source stays unless --source is given)")):
+        p = pipeline_sub.add_parser(verb, help=text, epilog=EXIT_CODES,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("-f", "--file", action="append", required=True,
+                       help="a spec (JSON or YAML) or a folder of specs; repeatable")
+        p.add_argument("--source", help="the transform's code: a directory (committed as a source repo) or REPO[:REF]; "
+                                        "locally its root is the cmd's working directory, its requirements installed")
+        p.add_argument("--no-wait", action="store_true", help="server mode: do not wait for the server to parse the DAGs")
+        p.add_argument("--wait-timeout", type=float, default=180, help="server mode: seconds to wait (default 180)")
+        p.add_argument("--json", action="store_true")
+    pl = pipeline_sub.add_parser("list", help="stored pipelines")
+    pl.add_argument("--json", action="store_true")
+    pd = pipeline_sub.add_parser("delete", help="remove pipelines (their output repos and datum records stay)")
+    pd.add_argument("names", nargs="+")
+    pd.add_argument("--json", action="store_true")
+    pdat = pipeline_sub.add_parser("datums", help="each datum of a job: state, attempts and timing (enable_stats)")
+    pdat.add_argument("name")
+    pdat.add_argument("--job", help="an Airflow run id of the pipeline's DAG (default: its last finished job)")
+    pdat.add_argument("--json", action="store_true")
+    pipeline.set_defaults(func=cmd_pipeline)
 
     cfg = sub.add_parser("config", help="show resolved settings (argument > env > init profile > airflow.cfg > default)")
     cfg.add_argument("key", nargs="?")
