@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trainyard.errors import BundleError
 from trainyard.store.versioned import canonical_json, sha256_bytes
 
 # Where a step writes its result; KubernetesPodOperator's xcom sidecar reads this path in pods.
@@ -21,6 +24,16 @@ HYPERPARAMS_ENV = "TRAINYARD_HYPERPARAMS"
 SOURCE_DIR_ENV = "TRAINYARD_SOURCE_DIR"
 ARTIFACTS_ENV = "artifacts_directory"
 MODEL_ID_ENV = "TRAINYARD_MODEL_ID"
+# UiPath AI Center's pipeline environment: "true" when the run keeps its training data (--save-training-data).
+SAVE_TRAINING_DATA_ENV = "save_training_data"
+
+# AI Center passes a run's parameters to train.py as environment variables; trainyard's params (params.json merged
+# with the combination's hyperparameters) are exported the same way, except names that would change how the code or
+# its interpreter runs, or that the contract itself sets.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_RESERVED_ENV = {"PATH", "HOME", "PWD", "SHELL", "USER", "TMPDIR", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES",
+                 ARTIFACTS_ENV, SAVE_TRAINING_DATA_ENV}
+_RESERVED_ENV_PREFIXES = ("TRAINYARD_", "PYTHON", "LD_", "AWS_", "AIRFLOW", "KUBERNETES_")
 
 RESULT_MAX_BYTES = 64 * 1024
 
@@ -37,6 +50,22 @@ def model_id(source_id: str, data_id: str, params: dict[str, Any]) -> str:
 def model_key(mid: str) -> str:
     src_data, _, params = mid.partition(":")
     return f"models/{src_data}/{params}.json"
+
+
+def env_parameters(params: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Params as AI Center environment variables: text as is, anything else as JSON (10 -> "10", True -> "true").
+
+    Returns (variables, names left out): a name that is not a valid variable name, or is reserved (PATH, PYTHON*,
+    LD_*, AWS_*, TRAINYARD_*, artifacts_directory ...), is not exported; the code still finds it in $TRAINYARD_PARAMS.
+    """
+    variables: dict[str, str] = {}
+    skipped: list[str] = []
+    for name, value in params.items():
+        if not _ENV_NAME.match(name) or name in _RESERVED_ENV or name.startswith(_RESERVED_ENV_PREFIXES):
+            skipped.append(name)
+            continue
+        variables[name] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return variables, skipped
 
 
 def write_result(result: dict[str, Any]) -> Path:
@@ -86,12 +115,35 @@ def store_from_env():
 
 
 REQUIREMENTS_FILE = "requirements.txt"
+# kaos keeps requirements.txt in model/, next to train; AI Center packages and our templates keep it at the root.
+KAOS_REQUIREMENTS_FILE = "model/requirements.txt"
+REQUIREMENTS_FILES = (REQUIREMENTS_FILE, KAOS_REQUIREMENTS_FILE)
 
 
-def requirements_sha(manifest: dict) -> str:
-    """Key of the environment a source commit trains in: the sha256 of its requirements.txt (of b"" if none).
+def requirements_conflict(bundle: str) -> str:
+    """The one-line error for a bundle whose two requirements files differ (deploy and build say the same)."""
+    return (f"source bundle {bundle} has both {REQUIREMENTS_FILE} and {KAOS_REQUIREMENTS_FILE} and they differ, so "
+            f"it is unclear which to install; remove one (kaos keeps it in {KAOS_REQUIREMENTS_FILE}) or make them "
+            "identical")
+
+
+def requirements_path(manifest: Mapping[str, Mapping[str, Any]], bundle: str = "") -> str | None:
+    """The requirements file a source commit's environment is built from: requirements.txt at the root or kaos's
+    model/requirements.txt (identical copies in both places are one file); None when it has neither.
+
+    Two different files raise BundleError: installing both could silently give a mix no one wrote down.
+    """
+    present = [name for name in REQUIREMENTS_FILES if name in manifest]
+    if len({manifest[name]["sha256"] for name in present}) > 1:
+        raise BundleError(requirements_conflict(bundle or "commit"))
+    return present[0] if present else None
+
+
+def requirements_sha(manifest: Mapping[str, Mapping[str, Any]]) -> str:
+    """Key of the environment a source commit trains in: the sha256 of the requirements file it uses (of b"" if
+    none), so the same requirements give the same environment wherever the bundle keeps them.
 
     The manifest already records that hash, so no download is needed to know which environment to use.
     """
-    entry = manifest.get(REQUIREMENTS_FILE)
-    return entry["sha256"] if entry else sha256_bytes(b"")
+    path = requirements_path(manifest)
+    return manifest[path]["sha256"] if path else sha256_bytes(b"")

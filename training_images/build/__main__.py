@@ -8,7 +8,8 @@ import sys
 
 from training_images.environments import ensure_venv
 from trainyard import config
-from trainyard.contract import REQUIREMENTS_FILE, requirements_sha, store_from_env, write_result
+from trainyard.contract import requirements_path, requirements_sha, store_from_env, write_result
+from trainyard.errors import BundleError
 from trainyard.store import parse_ref
 
 
@@ -21,15 +22,22 @@ def main(argv: list[str] | None = None) -> int:
     store = store_from_env()
     repo, ref = parse_ref(args.source)
     commit = store.resolve(repo, ref)
-    entry = commit.manifest.get(REQUIREMENTS_FILE)
-    requirements = store.get_blob_bytes(entry["sha256"]) if entry else None
+    try:
+        # requirements.txt at the root or kaos's model/requirements.txt; a commit with two different ones (made
+        # before deploy refused them) cannot say which environment it wants.
+        path = requirements_path(commit.manifest, bundle=commit.ref)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    requirements = store.get_blob_bytes(commit.manifest[path]["sha256"]) if path else None
     req_sha = requirements_sha(commit.manifest)
+    print(f"requirements: {path or 'none (the runner environment only)'}", flush=True)
     reuse = os.environ.get("TRAINYARD_CACHE", "true") != "false"
     target, reused = ensure_venv(args.venv_cache, req_sha, requirements, log=lambda m: print(m, flush=True),
                                  reuse=reuse)
     print(f"environment {'reused' if reused else 'built'}: {target}", flush=True)
-    write_result({"env": f"venv:{req_sha[:16]}", "requirements_sha256": req_sha, "reused": reused,
-                  "source": commit.id})
+    write_result({"env": f"venv:{req_sha[:16]}", "requirements_sha256": req_sha, "requirements": path,
+                  "reused": reused, "source": commit.id})
     return 0
 
 
