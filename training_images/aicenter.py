@@ -1,4 +1,4 @@
-"""UiPath AI Center contract: run a train.py package's Main.train(), save() and evaluate() inside the model dir."""
+"""UiPath AI Center contract: run a train.py package's Main.train(), evaluate() and save() inside the model dir."""
 
 # Standard library only: this runs under the bundle's own Python (its virtualenv or training image), which need
 # not carry trainyard's dependencies.
@@ -27,6 +27,13 @@ _CONTRACT = "AI Center packages need train.py with `class Main` and methods trai
 
 class ContractError(Exception):
     """The package does not follow AI Center's train.py contract."""
+
+
+def dataset_dir(data_dir: Path) -> Path:
+    """The dataset train() gets: a data commit keeps its bundle's top folder (`<data>/<repo>/...`), and AI Center
+    passes the dataset folder itself, so a single top folder is the dataset; anything else is passed whole."""
+    entries = list(data_dir.iterdir()) if data_dir.is_dir() else []
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else data_dir
 
 
 def evaluation_dir(data_dir: Path) -> Path:
@@ -113,18 +120,20 @@ def run(source_dir: Path, data_dir: Path, out_dir: Path, model_dir: Path | None 
     sys.dont_write_bytecode = True  # the model dir is uploaded as the trained package; keep __pycache__ out of it
     main = load_main(model_dir)
 
-    log.info("Main.train(%s)", data_dir)
-    main.train(str(data_dir))
-    log.info("Main.save() into %s", model_dir)
-    main.save()
+    # AI Center's order: train(), then evaluate() on the freshly trained model, then save() persists it.
+    dataset = dataset_dir(data_dir)
+    log.info("Main.train(%s)", dataset)
+    main.train(str(dataset))
     scores: dict[str, float] = {}
     evaluate = getattr(main, "evaluate", None)
     if callable(evaluate):
-        eval_dir = evaluation_dir(data_dir)
+        eval_dir = evaluation_dir(dataset)
         log.info("Main.evaluate(%s)", eval_dir)
         scores = score_metrics(evaluate(str(eval_dir)))
     else:
         log.warning("class Main has no evaluate(self, evaluation_directory): no score is recorded")
+    log.info("Main.save() into %s", model_dir)
+    main.save()
     metrics = write_metrics(out_dir / "metrics" / "metrics.json", scores)
     log.info("metrics: %s", json.dumps(metrics, sort_keys=True))
     return metrics

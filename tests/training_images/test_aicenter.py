@@ -121,3 +121,24 @@ def test_missing_train_py(dirs, tmp_path):
     proc = run_aicenter(tmp_path / "empty", dirs["data"], dirs["out"], dirs["cwd"])
     assert proc.returncode == 2
     assert f"no train.py in {tmp_path / 'empty'}" in proc.stderr and "model/train" in proc.stderr
+
+
+def test_train_gets_the_dataset_folder_then_evaluate_then_save_as_ai_center_calls_them(dirs, tmp_path):
+    src = package(tmp_path, """
+import json, os
+calls = []
+class Main:
+    def train(self, data_directory):
+        calls.append(["train", os.path.basename(data_directory), sorted(os.listdir(data_directory))])
+    def evaluate(self, evaluation_directory):
+        calls.append(["evaluate", os.path.relpath(evaluation_directory, os.path.dirname(evaluation_directory) + "/..")])
+        return 0.5
+    def save(self):
+        calls.append(["save"])
+        json.dump(calls, open("calls.json", "w"))
+""")
+    proc = run_aicenter(src, dirs["data"], dirs["out"], dirs["cwd"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = json.loads((dirs["out"] / "model" / "calls.json").read_text())
+    # the data commit keeps its bundle's top folder (wine/); AI Center hands train() the dataset folder itself
+    assert calls == [["train", "wine", ["test", "training"]], ["evaluate", "wine/test"], ["save"]]

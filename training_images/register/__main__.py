@@ -40,6 +40,7 @@ def _publish(store: Store, plan: dict, trained: dict, parent: dict | None) -> di
         "model_id": trained["model_id"], "name": plan["name"], "metrics": trained["metrics"],
         "params": trained["params"], "outputs": trained["outputs"], "log": trained["log"], "env": trained["env"],
         "artifacts": trained.get("artifacts", []), "train_seconds": trained["train_seconds"],
+        "env_parameters": trained.get("env_parameters", {}),
         "lineage": _lineage(store, plan, trained, parent), "registered_at": time.time(),
     }
     created = store.put_json(contract.model_key(trained["model_id"]), record, create_only=True)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(failure)
             continue
         entry.update(metrics=record["metrics"], params=record["params"], artifacts=record.get("artifacts", []),
-                     train_seconds=record.get("train_seconds"))
+                     train_seconds=record.get("train_seconds"), env_parameters=record.get("env_parameters", {}))
         models.append(entry)
 
     metric = plan.get("metric") or (default_metric(models[0]["metrics"]) if models else None)
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:
         model["best"] = best is not None and model["model_id"] == best["model_id"]
 
+    current = parent and parent["version"]  # the package version this run started from (AI Center's inputs)
     version = None
     if best is not None:
         entry, created = registry.add_version(
@@ -120,25 +122,37 @@ def main(argv: list[str] | None = None) -> int:
 
     ended = time.time()
     state = "failed" if not models else "partial" if failures else "success"
+    score = best["metrics"].get(spec.split(":")[0]) if best and spec else None
+    # UiPath AI Center's _results.json (parameters: pipeline, inputs with package, version, train_data and gpu,
+    # env; run_summary: execution_time, start_at, end_at, outputs with train_data, artifacts_data, package and the
+    # new version), plus what a sweep adds: every model, the best by the metric, resources and failures.
     results = {
         "parameters": {
-            "pipeline_name": args.pipeline, "run_id": args.run_id,
-            "inputs": {"source": plan["source"], "data": plan["data"], "params": plan["grid"],
+            "pipeline": args.pipeline, "pipeline_name": args.pipeline, "run_id": args.run_id,
+            "inputs": {"package": plan["name"], "version": current, "train_data": plan["data"],
+                       "source": plan["source"], "data": plan["data"], "params": plan["grid"],
                        "gpu": plan["resources"]["gpu"], "cpu": plan["resources"]["cpu"],
                        "memory": plan["resources"]["memory"], "timeout": plan["timeout"]},
             "env": {"runner": plan["runner"], "image": plan["image"], "no_cache": plan["no_cache"],
-                    "save_training_data": plan["save_training_data"]},
+                    "save_training_data": plan["save_training_data"],
+                    contract.ARTIFACTS_ENV: "artifacts",
+                    # the variables train.py saw (AI Center packages get their params as environment variables)
+                    "parameters": best.get("env_parameters", {}) if best else {}},
         },
         "run_summary": {
             "state": state, "start_time": plan["start_time"], "end_time": ended,
+            "start_at": plan["start_time"], "end_at": ended,
             "start": _iso(plan["start_time"]), "end": _iso(ended),
             "execution_time": round(ended - plan["start_time"], 3),
             "cached": bool(models) and all(m["cached"] for m in models),
-            "metric": spec,
+            "metric": spec, "score": score,
             "outputs": {
+                "package": plan["name"], "version": version,
+                # --save-training-data keeps the exact data commit (immutable, so a reference is the snapshot)
+                "train_data": plan["data"] if plan["save_training_data"] else None,
+                "artifacts_data": best and {"model_id": best["model_id"], "paths": best["artifacts"]},
                 "model_ids": [m["model_id"] for m in models],
-                "best": best and {"model_id": best["model_id"], "label": best["label"],
-                                  "value": best["metrics"].get(spec.split(":")[0]) if spec else None},
+                "best": best and {"model_id": best["model_id"], "label": best["label"], "value": score},
                 "registry": version and {"name": plan["name"], "version": version},
                 "artifacts": {m["model_id"]: m["artifacts"] for m in models if m["artifacts"]},
                 "failures": failures,

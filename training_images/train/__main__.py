@@ -35,8 +35,9 @@ def _train_command(source_dir: Path, data_dir: Path, out_dir: Path) -> tuple[lis
 
 
 def _user_env(work: Path, source_dir: Path, data_dir: Path, out_dir: Path, params_file: Path,
-              hyper_file: Path, model_id: str, env_bin: Path | None) -> dict[str, str]:
+              hyper_file: Path, model_id: str, env_bin: Path | None, extra: dict[str, str]) -> dict[str, str]:
     return user_env(env_bin, {
+        **extra,  # first, so no parameter can replace what the contract sets
         contract.DATA_DIR_ENV: str(data_dir),
         contract.PARAMS_ENV: str(params_file),
         contract.HYPERPARAMS_ENV: str(hyper_file),
@@ -44,6 +45,25 @@ def _user_env(work: Path, source_dir: Path, data_dir: Path, out_dir: Path, param
         contract.ARTIFACTS_ENV: str(out_dir / "artifacts"),
         contract.MODEL_ID_ENV: model_id,
     }, home=work)
+
+
+def _saves_training_data(store, pipeline: str) -> bool:
+    """Whether this run keeps its training data (`--save-training-data`), as its plan recorded it."""
+    run_id = os.environ.get("TRAINYARD_RUN_ID")
+    if not run_id or not store.exists(runs.plan_key(pipeline, run_id)):
+        return False  # the step run by hand, outside a pipeline run
+    return bool(store.get_json(runs.plan_key(pipeline, run_id)).get("save_training_data"))
+
+
+def _aicenter_env(source_dir: Path, params: dict) -> dict[str, str]:
+    """AI Center's pipeline parameters are environment variables: export the params to a train.py package."""
+    if (source_dir / "model" / "train").is_file():
+        return {}  # kaos code reads params.json and /pfs/hyper; its environment stays as it was
+    variables, skipped = contract.env_parameters(params)
+    if skipped:
+        print(f"params not exported as environment variables (reserved or not a valid name): {', '.join(skipped)}; "
+              f"train.py reads them from ${contract.PARAMS_ENV}", flush=True)
+    return variables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
 
         cmd, cwd = _train_command(source_dir, data_dir, out_dir)
         env_bin = env_bin_for(source, args.venv_cache)
-        env = _user_env(work, source_dir, data_dir, out_dir, params_file, hyper_file, mid, env_bin)
+        env_parameters = _aicenter_env(source_dir, params)
+        saves_data = "true" if _saves_training_data(store, args.pipeline) else "false"
+        env = _user_env(work, source_dir, data_dir, out_dir, params_file, hyper_file, mid, env_bin,
+                        {**env_parameters, contract.SAVE_TRAINING_DATA_ENV: saves_data})
         print(f"training model {mid}: source {source.ref} data {data.ref} params {json.dumps(params, sort_keys=True)}",
               flush=True)
         try:
@@ -131,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_id": mid, "label": args.label, "source": source.ref, "source_id": source.id, "data": data.ref,
         "data_id": data.id, "params": params, "params_hash": contract.params_hash(params), "metrics": metrics,
         "outputs": outputs_sha, "log": log_sha, "train_seconds": round(duration, 3), "artifacts": artifacts,
-        "env": f"venv:{env_bin.parent.name}" if env_bin else "image",
+        "env": f"venv:{env_bin.parent.name}" if env_bin else "image", "env_parameters": env_parameters,
         "task_id": os.environ.get("TRAINYARD_TASK_ID", "train"), "map_index": os.environ.get("TRAINYARD_MAP_INDEX"),
     }
     # Outputs are uploaded; this record lets the register step publish the model even if XComs are lost.
