@@ -346,8 +346,12 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+_UNION_MEMBERS = re.compile(r"^(float|int|str|bool|none|[a-z-]+\[.*\])$")
+
+
 def _where(loc: tuple) -> tuple[str, str]:
     """(dotted path as the user wrote it, the name of the object that holds the last item)."""
+    loc = tuple(item for item in loc if not (isinstance(item, str) and _UNION_MEMBERS.match(item)))
     parts: list[str] = []
     holder = ""
     for item in loc:
@@ -376,6 +380,10 @@ def _describe(error: dict, source: str) -> str:
                 "(see README, \"Pachyderm pipeline specs\")")
     if kind == "missing":
         return f"{source}: {path} is required"
+    if kind == "too_short":
+        return f"{source}: {path} must not be empty"
+    if path.endswith(".cpu"):
+        return f"{source}: {path} must be a number of cores (0.5, 2) or a quantity such as \"500m\""
     if kind in ("list_type", "string_type", "int_type", "bool_type", "dict_type", "float_type", "model_type",
                 "model_attributes_type"):
         expected = {"list_type": "a list", "string_type": "a string", "int_type": "a whole number",
@@ -388,10 +396,6 @@ def _describe(error: dict, source: str) -> str:
                     "\"/code/main.py\"], or [\"sh\"] with the script's lines in transform.stdin)")
         return f"{source}: {path} must be {expected}, got {type(got).__name__} {json.dumps(got)[:60]}{hint}"
     message = str(error["msg"]).removeprefix("Value error, ")
-    if kind == "union_type" or "union" in kind:
-        message = "has the wrong type"
-    if path.endswith(("cpu",)) and kind.endswith("_type"):
-        message = "must be a number of cores (0.5, 2) or a quantity such as 500m"
     return f"{source}: {path}: {message}" if path else f"{source}: {message}"
 
 
@@ -408,7 +412,8 @@ def parse_spec(doc: Any, source: str = "spec") -> PipelineSpec:
         errors = exc.errors(include_url=False)
         # A union tries every member; the error of the member that was meant is the one to report.
         errors.sort(key=lambda e: (e["type"] in ("union_type",), -len(e["loc"])))
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        places = {_where(e["loc"])[0] for e in errors}  # a union's members fail together, at one place
+        more = f" (and {len(places) - 1} more problem(s))" if len(places) > 1 else ""
         raise SpecError(_describe(errors[0], source) + more) from None
 
 
