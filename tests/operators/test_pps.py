@@ -73,6 +73,9 @@ def test_the_factory_makes_one_dag_per_stored_spec(tmp_path, monkeypatch):
     kwargs = process.partial_kwargs
     assert (kwargs["max_active_tis_per_dagrun"], kwargs["cpu"], kwargs["memory"], kwargs["cpu_limit"],
             kwargs["memory_limit"], kwargs["gpu"], kwargs["timeout"]) == (3, "0.5", "1Gi", "2", "4Gi", 1, 5400)
+    # transform.image is the datum pods' image (on Kubernetes; locally it is not used), collect keeps the steps image
+    assert kwargs["image"] == "wordcount-image"
+    assert wordcount.get_task("collect").image != "wordcount-image"
     assert all(t.retries >= 1 for t in wordcount.tasks) and wordcount.tags
     # the spec is user content: it reaches steps by its hash and is never rendered as a template
     for task in wordcount.tasks:
