@@ -1014,7 +1014,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a spec (JSON or YAML) or a folder of specs; repeatable")
         p.add_argument("--source", help="the transform's code: a directory (committed as a source repo) or REPO[:REF]; "
                                         "locally its root is the cmd's working directory, its requirements installed")
-        p.add_argument("--no-wait", action="store_true", help="server mode: do not wait for the server to parse the DAGs")
+        p.add_argument("--no-wait", action="store_true",
+                       help="server mode: do not wait for the server to parse the DAGs")
         p.add_argument("--wait-timeout", type=float, default=180, help="server mode: seconds to wait (default 180)")
         p.add_argument("--json", action="store_true")
     pl = pipeline_sub.add_parser("list", help="stored pipelines")

@@ -592,11 +592,6 @@ def get_pipeline(store: Store, name: str) -> PipelineRecord:
     return PipelineRecord.model_validate(store.get_json(key))
 
 
-def producers(records: dict[str, PipelineRecord]) -> dict[str, str]:
-    """Output repo -> the pipeline that writes it (a pipeline's output repo is its name)."""
-    return {name: name for name in records}
-
-
 def readers(records: dict[str, PipelineRecord], repo: str) -> list[str]:
     """Pipelines with an input from `repo`."""
     return sorted(n for n, r in records.items() if repo in r.parsed.input_repos())
@@ -716,7 +711,7 @@ def delete_pipelines(store: Store, names: list[str]) -> list[str]:
     return names
 
 
-# -- jobs: what each run of a pipeline processed ------------------------------------------------------------------------
+# -- jobs: what each run of a pipeline processed -----------------------------------------------------------------------
 def job_key(name: str, job: str) -> str:
     return f"pps/jobs/{name}/{job}.json"
 

@@ -6,7 +6,6 @@ resource, secret and timeout fields.
 
 from __future__ import annotations
 
-import copy
 import json
 from types import SimpleNamespace
 
@@ -17,7 +16,7 @@ from airflow.sdk import DAG, AssetAny
 from airflow.sdk.exceptions import AirflowException
 
 from operators.datums import repo_asset
-from operators.pps import DAG_FILE, PipelineDatumOperator, _event_commits, kubernetes_secrets, pipeline_dag
+from operators.pps import DAG_FILE, PipelineDatumOperator, _event_commits, kubernetes_secrets
 from tests.conftest import REPO
 from training_images.sandbox import pfs_support
 from trainyard import pps

@@ -34,7 +34,8 @@ def store(tmp_path, monkeypatch):
 
 
 def _commit(store, repo: str, files: dict[str, bytes]) -> None:
-    store.commit(repo, {path: {"sha256": store.put_blob_bytes(data), "size": len(data)} for path, data in files.items()})
+    store.commit(repo, {path: {"sha256": store.put_blob_bytes(data), "size": len(data)}
+                        for path, data in files.items()})
 
 
 def _create(store, spec: dict) -> tuple[pps.PipelineRecord, list[dict], dict]:

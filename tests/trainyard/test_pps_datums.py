@@ -124,7 +124,8 @@ def test_cross_gives_the_datums_of_pachyderms_cross_doc():
 def test_union_gives_the_datums_of_pachyderms_union_doc():
     spec = _spec({"union": [{"pfs": {"glob": "/*", "repo": "a"}}, {"pfs": {"glob": "/*", "repo": "b"}}]})
     # "the union of A and B has six datums in total", each alone
-    assert _datums(spec, {"a": A, "b": B}) == [[f"a:/{i}.txt"] for i in (1, 2, 3)] + [[f"b:/{i}.txt"] for i in (4, 5, 6)]
+    assert _datums(spec, {"a": A, "b": B}) == ([[f"a:/{i}.txt"] for i in (1, 2, 3)]
+                                              + [[f"b:/{i}.txt"] for i in (4, 5, 6)])
     # "Simplifying the Union Pipelines Code": the same name C for both, "all datums appear in the same directory"
     named = _spec({"union": [{"pfs": {"name": "c", "glob": "/*", "repo": "a"}},
                              {"pfs": {"name": "c", "glob": "/*", "repo": "b"}}]})

@@ -151,7 +151,7 @@ def _feed(stream, text: str) -> None:
         pass  # the transform exited without reading all of its stdin
 
 
-# -- /pfs ---------------------------------------------------------------------------------------------------------------
+# -- /pfs --------------------------------------------------------------------------------------------------------------
 class LazyInputs:
     """Pachyderm's `lazy`: each file is a named pipe, and its bytes are fetched only when the transform opens it."""
 
@@ -258,7 +258,7 @@ def collect_outputs(out_dir: Path, files: dict[str, dict]) -> tuple[dict[str, Pa
     return uploads, linked
 
 
-# -- process ------------------------------------------------------------------------------------------------------------
+# -- process -----------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Context:
     """What every datum of a chunk shares."""
@@ -429,7 +429,7 @@ def process(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-# -- collect ------------------------------------------------------------------------------------------------------------
+# -- collect -----------------------------------------------------------------------------------------------------------
 def collect(args: argparse.Namespace) -> int:
     store = contract.store_from_env()
     job = load_job(store, args)
