@@ -16,13 +16,17 @@ from pathlib import Path
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.secret import Secret
+from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
+from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException, AirflowTaskTimeout
+from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
 from operators.gpus import gpu_lease, local_gpus
 from operators.step_logs import KILLED_LINE, StepKilled, StoreLogsMixin, StoreLogWriter
-from trainyard import config, contract
+from trainyard import config, contract, runs
 from trainyard.errors import ConfigError, ResourceError
+from trainyard.k8s import InvalidPodSpec, check_pod
 from trainyard.resources import Resources, cpu_cores, memory_bytes
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -37,6 +41,14 @@ class StepFailed(AirflowException):
 
 class StepConfigError(AirflowException):
     """A step was declared with settings that cannot work; raised at DAG parse time."""
+
+
+class PodRefused(AirflowException):
+    """A pod would be refused by the Kubernetes API server (a label, a quantity, a GPU request); nothing was made."""
+
+
+class PodNotScheduled(AirflowException):
+    """No node took a step's pod within `[trainyard] schedule_timeout`; the message carries the scheduler's reason."""
 
 
 class GpuUnavailable(AirflowException):
@@ -165,7 +177,146 @@ class StepOptionsMixin:
         self._base_tolerations = list(self.tolerations or [])
 
 
-class TrainyardStepOperator(StepOptionsMixin, StoreLogsMixin, KubernetesPodOperator):
+def waiting_reason(pod: k8s.V1Pod) -> str | None:
+    """Why a Pending pod is not running yet, as the scheduler or kubelet says it; None when nothing is wrong."""
+    status = pod.status
+    if status is None or status.phase not in (None, "Pending"):
+        return None
+    for condition in status.conditions or []:
+        if condition.type == "PodScheduled" and condition.status == "False" and condition.message:
+            return condition.message.strip()
+    for container in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
+        waiting = container.state.waiting if container.state else None
+        if waiting and waiting.reason not in (None, "ContainerCreating", "PodInitializing"):
+            return f"{waiting.reason}: {waiting.message or ''}".strip(": ")
+    return None
+
+
+class PendingWatcher(threading.Thread):
+    """Poll a Pending pod and report each new reason it waits (unschedulable, image pull errors) as it changes."""
+
+    def __init__(self, read_pod, report, interval: float = 2.0) -> None:
+        super().__init__(name="trainyard-pending-watcher", daemon=True)
+        self.read_pod, self.report, self.interval = read_pod, report, interval
+        self.reason: str | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                reason = waiting_reason(self.read_pod())
+            except Exception:  # noqa: BLE001 - a failed poll is retried; the launch wait itself decides the outcome
+                reason = self.reason
+            if reason and reason != self.reason:
+                self.reason = reason
+                self.report(reason)
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> str | None:
+        self._stop_event.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=self.interval + 5)
+        return self.reason
+
+
+class PodStepMixin:
+    """
+    What every trainyard pod has on Kubernetes, set in one place: the node's network when the store is on the
+    node's loopback (`[trainyard] pod_host_network`), no service-account token (steps never call the API), the
+    configured XCom sidecar image, Kubernetes' own validation before the pod is sent, and a Pending pod that
+    says why it waits: the scheduler's reason goes to the task log, the step's store log and the run's waiting
+    record (`trainyard list`), and the step fails with it after `[trainyard] schedule_timeout` seconds.
+    """
+
+    settings: config.Settings
+    task_id: str
+    _store_log: StoreLogWriter | None = None
+    _launch_error: AirflowException | None = None
+
+    @staticmethod
+    def pod_defaults(settings: config.Settings, kwargs: dict) -> dict:
+        """KubernetesPodOperator arguments from settings, under whatever the DAG declared itself."""
+        kwargs.setdefault("namespace", settings.namespace)
+        kwargs.setdefault("on_finish_action", "delete_pod")
+        kwargs.setdefault("get_logs", True)
+        kwargs.setdefault("retries", int(settings.default_retries))
+        kwargs.setdefault("hostnetwork", settings.flag("pod_host_network"))
+        kwargs.setdefault("automount_service_account_token", False)
+        kwargs.setdefault("schedule_timeout_seconds", int(settings.schedule_timeout))
+        # Once scheduled, an image pull may take long (a GPU image is several GB).
+        kwargs.setdefault("startup_timeout_seconds", 900)
+        return kwargs
+
+    def checked(self, pod: k8s.V1Pod) -> k8s.V1Pod:
+        """Set the sidecar image and refuse, in one line, anything the API server would refuse."""
+        if self.settings.xcom_sidecar_image:
+            for container in pod.spec.containers:
+                if container.name == PodDefaults.SIDECAR_CONTAINER_NAME:
+                    container.image = self.settings.xcom_sidecar_image
+        try:
+            check_pod(ApiClient().sanitize_for_serialization(pod), what=f"step {self.task_id!r}")
+        except InvalidPodSpec as exc:
+            raise PodRefused(str(exc)) from None
+        return pod
+
+    def _waiting_key(self) -> str | None:
+        ti = getattr(self, "_ti_for_waiting", None)
+        if ti is None:
+            return None
+        return runs.waiting_key(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1))
+
+    def _report_waiting(self, reason: str) -> None:
+        self.log.warning("pod of %s is waiting: %s", self.task_id, reason)
+        if self._store_log is not None:
+            self._store_log.write(f"waiting: {reason}\n")
+        key = self._waiting_key()
+        if key:
+            try:
+                self.store_hook.get_conn().put_json(key, {"task_id": self.task_id, "reason": reason,
+                                                          "since": time.time()})
+            except Exception:  # noqa: BLE001 - the note is for `trainyard list`; the wait goes on without it
+                self.log.warning("could not record the waiting reason in the store", exc_info=True)
+
+    def await_pod_start(self, pod: k8s.V1Pod) -> None:
+        watcher = PendingWatcher(lambda: self.pod_manager.read_pod(pod), self._report_waiting)
+        watcher.start()
+        try:
+            super().await_pod_start(pod)
+        except PodLaunchTimeoutException as exc:
+            reason = watcher.stop() or str(exc)
+            message = (f"step {self.task_id!r}: no node took its pod within {self.schedule_timeout_seconds} s: "
+                       f"{reason}")
+            if self._store_log is not None:
+                self._store_log.write(f"failed: {message}\n")
+            self._launch_error = PodNotScheduled(message)
+            raise self._launch_error from None
+        finally:
+            watcher.stop()
+            key = self._waiting_key()
+            if key and watcher.reason:
+                try:  # the pod runs (or failed): it waits no more
+                    self.store_hook.get_conn().put_json(key, {"task_id": self.task_id, "reason": "",
+                                                              "since": time.time()})
+                except Exception:  # noqa: BLE001 - a stale note is overwritten by the next one
+                    pass
+
+    def cleanup(self, *args, **kwargs):
+        # KubernetesPodOperator's cleanup (in a finally) reports a pod that never ran as "returned a failure",
+        # which would hide the scheduler's reason this step failed with.
+        try:
+            return super().cleanup(*args, **kwargs)
+        except AirflowException:
+            if self._launch_error is not None:
+                raise self._launch_error from None
+            raise
+
+    def execute(self, context):
+        self._ti_for_waiting = context.get("ti") if context else None
+        self._launch_error = None
+        return super().execute(context)
+
+
+class TrainyardStepOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, KubernetesPodOperator):
     """
     Run `python -m training_images.<step>` with the step contract's env.
 
@@ -220,6 +371,7 @@ class TrainyardStepOperator(StepOptionsMixin, StoreLogsMixin, KubernetesPodOpera
             "TRAINYARD_DAG_ID": "{{ dag.dag_id }}",
             "TRAINYARD_TASK_ID": "{{ task.task_id }}",
             "TRAINYARD_MAP_INDEX": "{{ ti.map_index }}",
+            **settings.step_env(),
             **(env_vars or {}),
         }
         endpoint = os.environ.get("AWS_ENDPOINT_URL")
@@ -229,16 +381,11 @@ class TrainyardStepOperator(StepOptionsMixin, StoreLogsMixin, KubernetesPodOpera
         secrets = [Secret("env", None, settings.store_secret)] if settings.store.startswith("s3://") else []
         kwargs.setdefault("image", settings.step_image)
         kwargs.setdefault("cmds", ["python", "-m", f"training_images.{step}"])
-        kwargs.setdefault("namespace", settings.namespace)
         kwargs.setdefault("name", f"trainyard-{step}")
         kwargs.setdefault("do_xcom_push", True)
-        kwargs.setdefault("get_logs", True)
-        kwargs.setdefault("on_finish_action", "delete_pod")
-        # GPU nodes often come from an autoscaler; give them time to appear before calling the pod failed.
-        kwargs.setdefault("startup_timeout_seconds", 900)
-        kwargs.setdefault("retries", int(settings.default_retries))
         super().__init__(arguments=list(arguments), labels={"trainyard.io/step": step, **(labels or {})},
-                         env_vars=env, secrets=[*secrets, *kwargs.pop("secrets", [])], **kwargs)
+                         env_vars=env, secrets=[*secrets, *kwargs.pop("secrets", [])],
+                         **self.pod_defaults(settings, kwargs))
         self.remember_scheduling()
 
     def build_pod_request_obj(self, context=None, *, dry_run: bool = False) -> k8s.V1Pod:
@@ -250,7 +397,7 @@ class TrainyardStepOperator(StepOptionsMixin, StoreLogsMixin, KubernetesPodOpera
                          k8s.V1EnvVar(name="TRAINYARD_CACHE", value="true" if self.use_cache() else "false")]
         if self.literal_arguments:
             container.args = [*(container.args or []), *self.literal_arguments]
-        return pod
+        return self.checked(pod)
 
     def execute(self, context):
         self.check_options()

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from kubernetes.client import models as k8s
 
-from operators.step import TrainyardStepOperator
-from trainyard import config
+from operators.step import PodNotScheduled, TrainyardStepOperator
+from trainyard import config, runs
 
 # kaos bundles hard-code /pfs/data/<repo> and /pfs/hyper; in pods the train step materializes inputs there.
 PFS_ROOT = "/pfs"
@@ -39,6 +39,20 @@ class TrainStepOperator(TrainyardStepOperator):
             kwargs["volume_mounts"] = [*kwargs.get("volume_mounts", []), pfs]
             kwargs["env_vars"] = {"TRAINYARD_PFS_ROOT": PFS_ROOT, **(kwargs.get("env_vars") or {})}
         super().__init__(step="train", arguments=arguments, literal_arguments=literal, **kwargs)
+
+    def execute(self, context):
+        try:
+            return super().execute(context)
+        except PodNotScheduled as exc:
+            # The pod never ran, so the train step could not record why; register reports this combination
+            # with the scheduler's reason instead of "did not run".
+            mid = self.combination.get("model_id")
+            ti = context["ti"]
+            if mid:
+                self.store_hook.get_conn().put_json(
+                    runs.failure_key(ti.dag_id, ti.run_id, mid),
+                    {"model_id": mid, "label": self.combination.get("label", ""), "error": str(exc)})
+            raise
 
 
 def train_step(*, task_id: str, source: str, data: str, image: str, combinations, **partial_kwargs):

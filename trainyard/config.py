@@ -10,6 +10,9 @@ from pathlib import Path
 from trainyard.errors import ConfigError
 
 RUNNERS = ("local", "kubernetes")
+# Settings a step reads itself (URL policy of fetch steps, archive caps of the train step); none is a secret.
+STEP_SETTINGS = ("url_schemes", "url_allowed_hosts", "url_allow_private", "url_allow_loopback", "url_allow_file",
+                 "max_unpacked_size", "max_archive_members", "max_compression_ratio")
 # Settings a `trainyard init` profile may set for the CLI (the server's own settings live in its airflow.cfg).
 PROFILE_SETTINGS = ("store",)
 
@@ -26,8 +29,22 @@ class Settings:
     store_secret: str = "trainyard-store"
     namespace: str = "default"
     step_image: str = "trainyard/steps:latest"
+    # Where build pods push `<registry>/<source repo>:<source commit>` and train pods pull it from.
     registry: str = "registry.local:5000"
-    kaniko_image: str = "gcr.io/kaniko-project/executor:v1.23.2"
+    # The registry speaks plain HTTP or has a self-signed certificate (a registry on the cluster's loopback).
+    registry_insecure: str = "false"
+    # The image of build pods: buildah and skopeo (training_images/builder/Dockerfile).
+    builder_image: str = "trainyard/builder:latest"
+    # A registry that serves Docker Hub's names (python:3.11-slim) to builds; empty: Docker Hub itself.
+    docker_hub_mirror: str = ""
+    # Image of the XCom sidecar KubernetesPodOperator adds to every pod that returns a result; empty: the
+    # `kubernetes_default` connection's `xcom_sidecar_container_image`, else the provider's default (alpine).
+    xcom_sidecar_image: str = ""
+    # Pods use the node's network, to reach a store or registry on the node's loopback (the local cluster).
+    pod_host_network: str = "false"
+    # Seconds a pod may wait for a node before its step fails with the scheduler's reason (e.g. "0/1 nodes are
+    # available: 1 Insufficient nvidia.com/gpu"); the reason is in the step's log from the first poll on.
+    schedule_timeout: str = "900"
     # Base of the image built for a source bundle without a Dockerfile (AI Center packages): base + its requirements.
     default_base_image: str = "python:3.11-slim"
     gpu_node_selector: str = "nvidia.com/gpu.present=true"
@@ -86,6 +103,10 @@ class Settings:
     def store_is_local(self) -> bool:
         return self.store.startswith("file://") or "://" not in self.store
 
+    def step_env(self) -> dict[str, str]:
+        """The settings steps read where they run, as env: a pod has neither the server's env nor airflow.cfg."""
+        return {f"TRAINYARD_{name.upper()}": str(getattr(self, name)) for name in STEP_SETTINGS}
+
     def flag(self, name: str) -> bool:
         return str(getattr(self, name)).strip().lower() in ("1", "true", "yes", "on")
 
@@ -98,7 +119,7 @@ class Settings:
             raise ConfigError(
                 f"unsupported store URI {self.store!r}; use file:///path or s3://bucket/prefix"
             )
-        for name in ("max_combinations", "parallelism", "max_archive_members", "max_datum_tasks"):
+        for name in ("max_combinations", "parallelism", "max_archive_members", "max_datum_tasks", "schedule_timeout"):
             value = getattr(self, name)
             if not value.isdigit() or int(value) < 1:
                 raise ConfigError(f"[trainyard] {name} = {value!r} must be a whole number >= 1")

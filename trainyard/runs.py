@@ -73,6 +73,17 @@ def remember_settings(store: Store, pipeline: str, name: str, given: dict[str, A
     return store.update_json(settings_key(pipeline, name), mutate, what=f"{pipeline} settings for {name}") or {}
 
 
+def waiting_key(pipeline: str, run_id: str, task_id: str, map_index: int | str) -> str:
+    """Why a step's pod waits for a node (the scheduler's reason), kept while it waits; empty once it runs."""
+    return run_prefix(pipeline, run_id) + f"waiting/{task_id}/{map_index}.json"
+
+
+def waiting_reasons(store: Store, pipeline: str, run_id: str) -> list[dict[str, Any]]:
+    """The run's steps that wait for a node now, each {"task_id", "reason", "since"}."""
+    notes = [store.get_json(k) for k in store.backend.list(run_prefix(pipeline, run_id) + "waiting/")]
+    return [n for n in notes if n.get("reason")]
+
+
 def log_key(pipeline: str, run_id: str, task_id: str, map_index: int | str, try_number: int | str) -> str:
     """Where a step's log is kept while it runs and after: one object per task, map index and try."""
     return f"logs/{pipeline}/{run_id}/{task_id}/{map_index}/{try_number}.log"
