@@ -67,14 +67,14 @@ def test_kubernetes_runner_with_file_store_is_an_import_error(monkeypatch):
     assert "cannot use the local store" in error and "s3://" in error
 
 
-def test_kubernetes_runner_builds_with_kaniko_and_trains_in_the_built_image(monkeypatch):
+def test_kubernetes_runner_builds_with_buildah_and_trains_in_the_built_image(monkeypatch):
     monkeypatch.setenv("TRAINYARD_RUNNER", "kubernetes")
     monkeypatch.setenv("TRAINYARD_STORE", "s3://models/trainyard")
     bag = DagBag(dag_folder=str(REPO / "dags" / "train_pipeline.py"))
     assert bag.import_errors == {}
     dag = bag.dags["train_pipeline"]
     build, train = dag.get_task("build"), dag.get_task("train")
-    assert type(build).__name__ == "KanikoBuildOperator"
+    assert type(build).__name__ == "ImageBuildOperator"
     plan = "ti.xcom_pull(task_ids='resolve', key='plan')"
     assert build.destination == f"{{{{ {plan}['image'] }}}}"
     # train is mapped over the planned combinations, one task each, at most `parallelism` at a time

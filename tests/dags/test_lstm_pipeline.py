@@ -60,8 +60,8 @@ def test_every_pod_step_carries_the_declared_requests_limits_label_and_cache_off
         assert container.resources.limits == STEP, task.task_id
         assert pod.metadata.labels["trainyard.io/task-id"] == task.task_id
         assert task.use_cache() is False
-    kaniko = _render(k8s_dag.get_task("build")).spec.containers[0]
-    assert "--cache=false" in kaniko.args
+    builder = _render(k8s_dag.get_task("build")).spec.containers[0]
+    assert builder.args[builder.args.index("--cache") + 1] == "false"  # rebuilt even when the tag exists
     env = {e.name: e.value for e in _render(k8s_dag.get_task("register")).spec.containers[0].env}
     assert env["TRAINYARD_CACHE"] == "false"
     assert k8s_dag.get_task("resolve").cache is False  # the planner retrains instead of reusing models

@@ -20,7 +20,7 @@ from airflow.sdk.exceptions import AirflowException
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
-from operators import KanikoBuildOperator, TrainyardStepOperator
+from operators import ImageBuildOperator, TrainyardStepOperator
 from operators.step_logs import KILLED_LINE, StepKilled, StoreLogWriter
 from trainyard import runs
 from trainyard.store import open_store
@@ -238,18 +238,18 @@ def test_a_failing_pod_leaves_its_log_in_the_store(k8s_env, store_dir):
     assert api.deleted == [api.created["metadata"]["name"]]
 
 
-def test_the_kaniko_build_logs_under_the_build_step(k8s_env, store_dir):
-    api = FakeCoreV1Api(["INFO[0000] Retrieving image manifest python:3.11-slim",
-                         "INFO[0042] Pushing image to registry.local:5000/mnist:325ad5966d9d"])
+def test_the_image_build_logs_under_the_build_step(k8s_env, store_dir):
+    api = FakeCoreV1Api(["STEP 1/7: FROM python:3.11-slim",
+                         "built and pushed registry.local:5000/mnist:325ad5966d9d"])
     with DAG("train_pipeline", start_date=pendulum.datetime(2026, 1, 1), schedule=None):
-        task = KanikoBuildOperator(task_id="build", source="mnist:325ad5966d9d",
-                                   destination="registry.local:5000/mnist:325ad5966d9d")
+        task = ImageBuildOperator(task_id="build", source="mnist:325ad5966d9d",
+                                  destination="registry.local:5000/mnist:325ad5966d9d")
     thread, outcome = _start(_on_cluster(task, api, store_dir))
     thread.join(30)
     assert "error" not in outcome, outcome
     log = _read(store_dir, runs.log_key("train_pipeline", RUN_ID, "build", -1, 1))
-    assert log == ("INFO[0000] Retrieving image manifest python:3.11-slim\n"
-                   "INFO[0042] Pushing image to registry.local:5000/mnist:325ad5966d9d\n")
+    assert log == ("STEP 1/7: FROM python:3.11-slim\n"
+                   "built and pushed registry.local:5000/mnist:325ad5966d9d\n")
     assert api.deleted == [api.created["metadata"]["name"]]
 
 

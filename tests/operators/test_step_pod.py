@@ -9,7 +9,7 @@ import pendulum
 import pytest
 from airflow.sdk import DAG
 
-from operators import KanikoBuildOperator, TrainyardStepOperator
+from operators import ImageBuildOperator, TrainyardStepOperator
 from operators.step import StepConfigError
 
 HOSTILE = '{"C": 1, "note": "x; rm -rf / $(reboot) `id`"}'
@@ -89,23 +89,27 @@ def test_kubernetes_runner_with_file_store_fails_at_parse_time(monkeypatch):
         _train_task()
 
 
-def test_kaniko_build_pod_builds_the_bundle_dockerfile_and_pushes_the_source_tag(k8s_env):
+def test_build_pod_builds_the_bundle_dockerfile_with_buildah_and_pushes_the_source_tag(k8s_env):
     with DAG("builds", start_date=pendulum.datetime(2026, 1, 1), schedule=None):
-        task = KanikoBuildOperator(task_id="build", source="mnist:325ad5966d9d",
-                                   destination="registry.local:5000/mnist:325ad5966d9d")
+        task = ImageBuildOperator(task_id="build", source="mnist:325ad5966d9d",
+                                  destination="registry.local:5000/mnist:325ad5966d9d")
     task.render_template_fields({"task": task, "params": {}, "ti": None})
     pod = task.build_pod_request_obj(_context(task), dry_run=True)
-    kaniko = pod.spec.containers[0]
-    assert kaniko.image.startswith("gcr.io/kaniko-project/executor")
-    assert "--destination=registry.local:5000/mnist:325ad5966d9d" in kaniko.args
-    assert "--dockerfile=/workspace/Dockerfile" in kaniko.args
+    builder = pod.spec.containers[0]
+    assert builder.image == "trainyard/builder:latest"
+    assert builder.command == ["python3", "-m", "training_images.imagebuild"]
+    assert builder.args[:4] == ["--workspace", "/workspace", "--destination", "registry.local:5000/mnist:325ad5966d9d"]
+    # buildah needs a privileged container; the builder holds no store credentials, only the registry's.
+    assert builder.security_context.privileged is True
+    assert not builder.env_from and "AWS_SECRET_ACCESS_KEY" not in str(builder.env)
     fetch = pod.spec.init_containers[0]
     assert fetch.command == ["python", "-m", "training_images.fetch"]
     assert fetch.args[:2] == ["--source", "mnist:325ad5966d9d"]
     assert [e.secret_ref.name for e in fetch.env_from] == ["trainyard-store"]
     volumes = {v.name: v for v in pod.spec.volumes}
-    assert volumes["docker-config"].secret.secret_name == "trainyard-registry"
-    assert volumes["workspace"].empty_dir is not None
+    assert volumes["registry-auth"].secret.secret_name == "trainyard-registry"
+    assert volumes["registry-auth"].secret.optional is True
+    assert volumes["workspace"].empty_dir is not None and volumes["containers"].empty_dir is not None
     assert pod.metadata.labels["trainyard.io/step"] == "build"
 
 
@@ -171,7 +175,7 @@ class _RecordingCoreV1Api:
 def test_pods_are_deleted_when_they_finish_and_when_the_task_is_killed(k8s_env, kind):
     if kind == "build":
         with DAG("builds", start_date=pendulum.datetime(2026, 1, 1), schedule=None):
-            task = KanikoBuildOperator(task_id="build", source="mnist:325ad", destination="registry.local/mnist:325ad")
+            task = ImageBuildOperator(task_id="build", source="mnist:325ad", destination="registry.local/mnist:325ad")
     else:
         task = _train_task()
     assert (task.on_finish_action.value, task.on_kill_action.value) == ("delete_pod", "delete_pod")
