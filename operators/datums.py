@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow.sdk import Asset, BaseOperator
 
+from operators.build import build_step
 from operators.hooks import StoreHook
 from operators.step import TrainyardStepOperator
 from trainyard import config
@@ -96,8 +97,12 @@ class PlanDatumsOperator(BaseOperator):
         self.log.info("%s: %s datum(s) from %s (%s); %s to process in %s task(s), %s already processed",
                       self.step, len(units), ", ".join(f"{r['repo']}:{r['commit'][:5]}" for r in resolved),
                       self.combine, len(pending), len(chunks), len(units) - len(pending))
+        # On Kubernetes a transform runs in its code repo's image, built once per code commit (the build step
+        # skips a tag that exists); builtin transforms run in the steps image.
+        image = f"{config.load().registry}/{code.repo}:{code.id[:12]}" if code else ""
         context["ti"].xcom_push(key="plan", value={
             "inputs": resolved, "code": f"{code.repo}:{code.id}" if code else "", "code_version": version,
+            "image": image,
             "datums": len(units), "pending": len(pending),
             "skipped": len(units) - len(pending), "tasks": len(chunks)})
         return [{"datums": c, "label": c[0] if len(c) == 1 else f"{c[0]} .. {c[-1]} ({len(c)})"} for c in chunks]
@@ -161,11 +166,19 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
     plan = PlanDatumsOperator(task_id=f"{step}_plan", step=step, inputs=inputs, combine=combine,
                               code_repo=code_repo, code_ref=code_ref, transform=transform, step_params=step_params,
                               code_paths=code_paths, max_tasks=max_tasks)
+    build, in_image = None, {}
+    if config.load().runner == "kubernetes" and code_repo and not transform.startswith("builtin:"):
+        # The transform needs its code repo's dependencies: it runs in the image built from that repo's commit.
+        planned = f"ti.xcom_pull(task_ids='{plan.task_id}', key='plan')"
+        build = build_step(task_id=f"{step}_build", source=f"{{{{ {planned}['code'] }}}}",
+                           image=f"{{{{ {planned}['image'] }}}}",
+                           skip_reason=f"{{{{ '' if {planned}['tasks'] else 'no datum to process: nothing to build' }}}}")
+        in_image = {"image": f"{{{{ {planned}['image'] }}}}", "cmds": ["python3", "-m", "training_images.datum"]}
     mapped = DatumStepOperator.partial(
         task_id=step, plan_task=plan.task_id, step_name=step, combine=combine, transform=transform,
         step_params=step_params,
         attempts=attempts, max_active_tis_per_dagrun=parallelism or int(config.load().parallelism),
-        map_index_template="{{ task.chunk['label'] }}", **step_options,
+        map_index_template="{{ task.chunk['label'] }}", **{**in_image, **step_options},
     ).expand(chunk=plan.output)
     arguments, literal = _step_argv(plan.task_id, step, combine, transform, step_params)
     # none_failed: when every datum was already processed the mapped step has no tasks (skipped) and collect runs.
@@ -177,5 +190,8 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
         literal_arguments=[*literal, *(["--nest"] if nest_outputs else [])],
         **step_options,
     )
-    plan >> mapped >> collect
+    if build is not None:
+        plan >> build >> mapped >> collect
+    else:
+        plan >> mapped >> collect
     return plan, mapped, collect
