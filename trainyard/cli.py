@@ -297,17 +297,25 @@ def _unfinished_runs(args, recorded: list[dict]) -> list[dict]:
     if server is None:
         return []
     known = {r["parameters"]["run_id"] for r in recorded}
-    return [{"#": "-", "run_id": run["dag_run_id"], "state": run["state"],
-             "started": (run.get("start_date") or run.get("queued_at") or "")[:19].replace("T", " ")}
-            for run in server.runs(args.pipeline) if run["dag_run_id"] not in known]
+    store = _store(args)
+    rows = []
+    for run in server.runs(args.pipeline):
+        if run["dag_run_id"] in known:
+            continue
+        # A step whose pod no node takes says why (the scheduler's reason), instead of a silent "running".
+        waiting = runs.waiting_reasons(store, args.pipeline, run["dag_run_id"]) if run["state"] == "running" else []
+        rows.append({"#": "-", "run_id": run["dag_run_id"], "state": run["state"],
+                     "started": (run.get("start_date") or run.get("queued_at") or "")[:19].replace("T", " "),
+                     "note": "; ".join(f"{w['task_id']} waiting: {w['reason']}" for w in waiting)})
+    return rows
 
 
 def cmd_list(args) -> int:
     results = runs.list_results(_store(args), args.pipeline)[: args.limit or None]
     pending = _unfinished_runs(args, results)
     if args.json:
-        print(json.dumps(results + [{"run_id": r["run_id"], "state": r["state"], "pending": True} for r in pending],
-                         indent=2, sort_keys=True))
+        print(json.dumps(results + [{"run_id": r["run_id"], "state": r["state"], "pending": True,
+                                     "note": r["note"]} for r in pending], indent=2, sort_keys=True))
         return 0
     rows = list(pending)
     for i, r in enumerate(results):
@@ -318,7 +326,8 @@ def cmd_list(args) -> int:
                      "started": format_time(summary["start_time"]), "duration": _duration(summary["execution_time"]),
                      "cached": "yes" if summary["cached"] else "", "models": len(r["models"]),
                      "best": best.get("model_id", ""), "score": score})
-    _print_table(rows, ["#", "run_id", "state", "started", "duration", "cached", "models", "best", "score"])
+    columns = ["#", "run_id", "state", "started", "duration", "cached", "models", "best", "score"]
+    _print_table(rows, columns + (["note"] if any(r.get("note") for r in rows) else []))
     return 0
 
 
