@@ -40,6 +40,21 @@ def image_server():
         proc.wait(timeout=10)
 
 
+@pytest.fixture
+def forget_pipeline_dags():
+    """Delete the pps_* DAGs this test ran from the session's metadata DB afterwards: they are live (unpaused) and
+    scheduled on repos such as rawdata, so later tests' commits to those repos would queue them too."""
+    yield
+    from airflow.api.common.delete_dag import delete_dag
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        dag_ids = [d for (d,) in session.query(DagModel.dag_id).filter(DagModel.dag_id.like("pps\\_%", escape="\\"))]
+    for dag_id in dag_ids:
+        delete_dag(dag_id)
+
+
 def _plan(dag_id: str, run_id: str) -> dict:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -53,7 +68,7 @@ def _json(store, repo: str, path: str):
 
 
 def test_the_captioning_specs_match_caption_pipeline_and_predict_through_the_cross(
-        airflow_db, tmp_path, monkeypatch, image_server, capsys):
+        airflow_db, forget_pipeline_dags, tmp_path, monkeypatch, image_server, capsys):
     monkeypatch.setenv("TRAINYARD_URL_ALLOW_LOOPBACK", "true")  # caption_pipeline's fetch: the server is local
     tsv = subprocess.run([sys.executable, str(CAPTIONING / "generate_data.py"), "--tsv", "training", "--base-url",
                           image_server], capture_output=True, text=True, check=True).stdout.splitlines()

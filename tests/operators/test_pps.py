@@ -147,6 +147,21 @@ COUNT = {"pipeline": {"name": "count"}, "input": {"cross": [{"pfs": {"repo": "up
                                                 "ls /pfs/words | wc -l > /pfs/out/words"]}}
 
 
+@pytest.fixture
+def forget_pipeline_dags():
+    """Delete the pps_* DAGs this test ran from the session's metadata DB afterwards: they are live (unpaused) and
+    scheduled on repos such as rawdata, so later tests' commits to those repos would queue them too."""
+    yield
+    from airflow.api.common.delete_dag import delete_dag
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        dag_ids = [d for (d,) in session.query(DagModel.dag_id).filter(DagModel.dag_id.like("pps\\_%", escape="\\"))]
+    for dag_id in dag_ids:
+        delete_dag(dag_id)
+
+
 def _xcom(dag_id: str, run_id: str, task_id: str, key: str = "plan"):
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -167,7 +182,7 @@ def _task_state(dag_id: str, run_id: str, task_id: str) -> str:
 @pytest.mark.e2e
 @pytest.mark.skipif(not pfs_support()[0], reason=f"the /pfs view needs bubblewrap: {pfs_support()[1]}")
 def test_a_put_runs_the_chain_incrementally_and_a_downstream_pipeline_waits_for_its_upstream(
-        airflow_db, tmp_path, monkeypatch, capsys):
+        airflow_db, forget_pipeline_dags, tmp_path, monkeypatch, capsys):
     uri = f"file://{tmp_path / 'store'}"
     monkeypatch.setenv("TRAINYARD_STORE", uri)
     folder = tmp_path / "specs"
