@@ -140,7 +140,7 @@ def test_an_event_triggered_run_processes_the_commit_its_event_names():
 
 UPPER = {"pipeline": {"name": "upper"}, "input": {"pfs": {"repo": "words", "glob": "/*"}},
          "transform": {"cmd": ["sh"], "stdin": ["f=$(ls /pfs/words)", "tr a-z A-Z < /pfs/words/$f > /pfs/out/$f"]},
-         "parallelism_spec": {"constant": 2}}
+         "parallelism_spec": {"constant": 2}, "enable_stats": True}
 COUNT = {"pipeline": {"name": "count"}, "input": {"cross": [{"pfs": {"repo": "upper", "glob": "/"}},
                                                             {"pfs": {"repo": "words", "glob": "/"}}]},
          "transform": {"cmd": ["sh"], "stdin": ["cat /pfs/upper/* | wc -l > /pfs/out/lines",
@@ -199,6 +199,14 @@ def test_a_put_runs_the_chain_incrementally_and_a_downstream_pipeline_waits_for_
     out = {p: store.get_blob_bytes(e["sha256"]) for p, e in store.resolve("upper").manifest.items()}
     assert out == {f"w{i}.txt": f"WORD {i}\nLINE TWO\n".encode() for i in range(3)}
     assert store.get_blob_bytes(store.resolve("count").manifest["lines"]["sha256"]).strip() == b"6"
+    capsys.readouterr()
+    assert main(["pipeline", "datums", "upper", "--json"]) == 0  # enable_stats: each datum's state and timing
+    stats = json.loads(capsys.readouterr().out)
+    assert sorted((s["label"], s["state"], s["attempts"]) for s in stats) == [
+        (f"words:/w{i}.txt", "success", 1) for i in range(3)]
+    assert all(s["process_seconds"] > 0 and s["log"] for s in stats)
+    assert main(["pipeline", "datums", "count"]) == 3  # no enable_stats: it says how to turn it on
+    assert "set \"enable_stats\": true" in capsys.readouterr().err
 
     # a new word: upper processes one datum; count (crossing upper with words) sees both new commits at once
     (tmp_path / "w3.txt").write_text("word 3\n")
