@@ -157,11 +157,14 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
                combine: str = "single", step_params: dict[str, Any] | None = None, code_ref: str = "latest",
                code_paths: Sequence[str] = (), max_tasks: int | None = None, parallelism: int | None = None,
                attempts: int = 2,
-               nest_outputs: bool = False, **step_options) -> tuple[BaseOperator, Any, TrainyardStepOperator]:
+               nest_outputs: bool = False, image: str | None = None, cmds: Sequence[str] | None = None,
+               **step_options) -> tuple[BaseOperator, Any, TrainyardStepOperator]:
     """Wire plan -> mapped datum tasks -> collect for one step; returns the three so callers can chain them.
 
     nest_outputs puts each datum's outputs under a folder named after it, for transforms that write the same file
     name for every datum (Pachyderm merges all outputs into one tree, so they would collide).
+    image and cmds (e.g. a Pachyderm transform.image) apply to the mapped datum tasks only, over the code repo's
+    built image; plan and collect are trainyard's own steps and keep the steps image.
     """
     plan = PlanDatumsOperator(task_id=f"{step}_plan", step=step, inputs=inputs, combine=combine,
                               code_repo=code_repo, code_ref=code_ref, transform=transform, step_params=step_params,
@@ -178,7 +181,9 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
         task_id=step, plan_task=plan.task_id, step_name=step, combine=combine, transform=transform,
         step_params=step_params,
         attempts=attempts, max_active_tis_per_dagrun=parallelism or int(config.load().parallelism),
-        map_index_template="{{ task.chunk['label'] }}", **{**in_image, **step_options},
+        map_index_template="{{ task.chunk['label'] }}",
+        **{**in_image, **({"image": image} if image else {}), **({"cmds": list(cmds)} if cmds else {}),
+           **step_options},
     ).expand(chunk=plan.output)
     arguments, literal = _step_argv(plan.task_id, step, combine, transform, step_params)
     # none_failed: when every datum was already processed the mapped step has no tasks (skipped) and collect runs.

@@ -115,6 +115,18 @@ def test_on_kubernetes_a_datum_pod_runs_transform_image_with_its_secrets_and_res
     assert "trainyard-store" in [e.secret_ref.name for e in container.env_from or []]
 
 
+def test_datum_step_takes_an_image_and_cmds_for_its_datum_tasks_only():
+    from operators.datums import datum_step
+
+    with DAG("imaged", start_date=pendulum.datetime(2026, 1, 1), schedule=None):
+        plan, mapped, collect = datum_step("edges", inputs=[{"repo": "images", "glob": "/*"}], code_repo="code",
+                                           transform="edges/transform", output_repo="edges",
+                                           image="pachyderm/opencv:1.0", cmds=["python3", "-m", "x"])
+    assert mapped.partial_kwargs["image"] == "pachyderm/opencv:1.0"
+    assert mapped.partial_kwargs["cmds"] == ["python3", "-m", "x"]
+    assert collect.image != "pachyderm/opencv:1.0" and collect.cmds == ["python", "-m", "training_images.collect"]
+
+
 def test_locally_secrets_come_from_airflow_connections(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_API", json.dumps({"conn_type": "generic", "extra": {"token": "tok-123456"}}))
     monkeypatch.setenv("AIRFLOW_CONN_DB-CREDS", json.dumps({"conn_type": "generic", "login": "reader",
