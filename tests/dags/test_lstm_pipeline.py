@@ -102,7 +102,7 @@ def test_the_kubeflow_lstm_example_end_to_end(airflow_db, tmp_path, capsys, monk
     uri = f"file://{tmp_path / 'store'}"
     code, sweep = _deploy(capsys, uri, LSTM / "model-train", LSTM / "data", "-h", '{"learning_rate": [0.01, 0.001]}')
     assert code == 0 and len(sweep["models"]) == 2
-    assert main(["--store", uri, "info", "-i", "0", "-s", "val_loss", "--json"]) == 0
+    assert main(["--store", uri, "info", "-i", "0", "--sort", "val_loss", "--json"]) == 0
     ranked = json.loads(capsys.readouterr().out)
     losses = [m["metrics"]["val_loss"] for m in ranked["models"]]
     assert ranked["direction"] == "min" and losses == sorted(losses)

@@ -127,14 +127,14 @@ def test_the_kaos_incremental_story(airflow_db, tmp_path, capsys, mnist_copy):
     grid = '{"kernel": ["linear", "poly", "rbf"], "C": [0.1, 10.0]}'
     code, sweep = _deploy(capsys, uri, src, data, "-h", grid, "--cpu", "0.5", "--memory", "1Gi", "--timeout", "600")
     assert code == 0 and len(sweep["models"]) == 6
-    info = _cli_json(capsys, "--store", uri, "info", "-i", "0", "-s", "accuracy_test")
+    info = _cli_json(capsys, "--store", uri, "info", "-i", "0", "--sort", "accuracy_test")
     scores = [m["metrics"]["accuracy_test"] for m in info["models"]]
     assert scores == sorted(scores, reverse=True) and len(scores) == 6
     assert info["direction"] == "max" and "accuracy_validation" in info["available_metrics"]
     assert info["models"][0]["best"] is True
     # the poly C=10 combination is the model the previous run trained: reused, not retrained
     assert sum(m["cached"] for m in sweep["models"]) == 1
-    lowest_first = _cli_json(capsys, "--store", uri, "info", "-i", "0", "-s", "accuracy_test:min")
+    lowest_first = _cli_json(capsys, "--store", uri, "info", "-i", "0", "--sort", "accuracy_test:min")
     assert [m["metrics"]["accuracy_test"] for m in lowest_first["models"]] == sorted(scores)
 
     code, again = _deploy(capsys, uri, src, data, "-h", grid)
@@ -145,7 +145,7 @@ def test_the_kaos_incremental_story(airflow_db, tmp_path, capsys, mnist_copy):
     inputs = store.get_json(f"runs/train_pipeline/{again['run_id']}/_results.json")["parameters"]["inputs"]
     assert (inputs["cpu"], inputs["memory"], inputs["timeout"]) == ("0.5", "1Gi", 600)
     capsys.readouterr()
-    assert main(["--store", uri, "info", "-i", "0", "-s", "f1_score"]) == 2
+    assert main(["--store", uri, "info", "-i", "0", "--sort", "f1_score"]) == 2
     assert "unknown metric 'f1_score'; available: accuracy_test, accuracy_training" in capsys.readouterr().err
     listed = _cli_json(capsys, "--store", uri, "list")
     assert [r["run_summary"]["cached"] for r in listed] == [True, False, False, False, False]

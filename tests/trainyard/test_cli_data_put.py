@@ -25,7 +25,7 @@ def uri(tmp_path):
 
 def test_data_put_splits_and_prints_ref_and_datums(uri, captions, capsys):
     assert main(["--store", uri, "data", "put", "rawdata", str(captions), "--split", "line",
-                 "--target-file-datums", "4", "--header", "-m", "captions"]) == 0
+                 "--target-file-datums", "4", "--header", "--message", "captions"]) == 0
     commit = open_store(uri).resolve("rawdata")
     assert capsys.readouterr().out == f"rawdata:{commit.id[:5]}  3 datum(s)\n"
     assert commit.message == "captions"
