@@ -142,6 +142,9 @@ def test_kill_stops_a_long_training_and_keeps_its_log(airflow_server, profile, t
 
     assert main(["logs", "--run-id", run_id, "--step", "train"]) == 0
     assert "sleepy: epoch 1" in capsys.readouterr().out
+    # --json: the run is over now, so a second kill stops nothing and says so as JSON
+    assert main(["kill", "--run-id", run_id, "--json"]) == 0
+    assert _json_out(capsys) == {"pipeline": "train_pipeline", "run_id": run_id, "stopped": []}
 
 
 def _alive(pid: int) -> bool:
