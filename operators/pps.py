@@ -10,7 +10,6 @@ from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 
-from airflow.providers.cncf.kubernetes.secret import Secret
 from airflow.sdk import DAG, AssetAny, BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from airflow.sdk.log import mask_secret
@@ -109,31 +108,44 @@ def _step_arguments(command: str, pipeline: str, spec_sha: str, code: str, versi
             ["--pipeline", pipeline, "--spec", spec_sha, "--code", code, "--version", version])
 
 
-def kubernetes_secrets(spec: pps.PipelineSpec) -> list[Secret]:
-    """transform.secrets as Kubernetes Secret references: an env var from one key, or the secret as files."""
-    return [Secret("env", s.env_var, s.name, s.key) if s.env_var else Secret("volume", s.mount_path, s.name)
-            for s in spec.transform.secrets]
-
-
 class PipelineDatumOperator(TrainyardStepOperator):
     """
-    Run the transform on one chunk of datums: `python -m training_images.datum.pps process`, mapped over the plan.
+    Run the transform on one chunk of datums, mapped over the plan.
+
+    Locally: `python -m training_images.datum.pps process`, with the transform in a bubblewrap /pfs view. On
+    Kubernetes transform.image runs as is, in a container of its own that holds no store credentials: trainyard's
+    init container (`prepare`, with the store Secret) lays out each datum in a shared volume, the transform's
+    container runs transform.cmd once per datum under `pfs-driver.sh` (a static busybox shell, so the image needs
+    none) with the datum at /pfs/<input>/... and /pfs/out, and trainyard's own container (`finish`) uploads and
+    records what it wrote.
 
     On the local runner transform.secrets come from the Airflow connections they name (a key of the connection's
     extra, or its login/password/host/schema/port) and reach the step in one private env variable, never as argv,
-    XCom or a rendered value; on Kubernetes they are Secret references in the pod.
+    XCom or a rendered value; on Kubernetes they are Secret references on the transform's container.
 
     :param chunk: {"datums": [ids], "label"} from the plan; passed as literal argv, never rendered
+    :param transform: the spec's transform as {"image", "cmd", "env"}; on Kubernetes it is the transform container
     """
 
     def __init__(self, *, chunk: dict, pipeline: str, spec_sha: str, code: str, version: str,
-                 transform_secrets: Sequence[dict] = (), **kwargs) -> None:
+                 transform_secrets: Sequence[dict] = (), transform: dict | None = None, **kwargs) -> None:
         self.chunk = chunk
         self.transform_secrets = [dict(s) for s in transform_secrets]
+        self.transform = dict(transform or {})
         templated, literal = _step_arguments("process", pipeline, spec_sha, code, version)
         kwargs.setdefault("cmds", list(STEP_CMD))
         super().__init__(step="pps", arguments=templated,
                          literal_arguments=[*literal, "--datums", json.dumps(chunk["datums"])], **kwargs)
+        if self.runner == "kubernetes":
+            # The transform container's log first (it ends first), then trainyard's upload; and what prepare says.
+            self.container_logs = [TRANSFORM_CONTAINER, self.base_container_name]
+            self.init_container_logs = True
+
+    def build_pod_request_obj(self, context=None, *, dry_run: bool = False):
+        pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        if self.runner != "kubernetes":
+            return pod
+        return self.checked(transform_pod(pod, self.transform, self.transform_secrets, self.settings.step_image))
 
     def resolve_secrets(self) -> dict:
         """{"env": {VAR: value}, "files": {mount_path: {key: value}}} from Airflow connections, each value masked."""
@@ -166,6 +178,50 @@ class PipelineDatumOperator(TrainyardStepOperator):
         if self.transform_secrets:
             env[SECRETS_ENV] = json.dumps(self.resolve_secrets())
         return env
+
+
+TRANSFORM_CONTAINER = "transform"
+PFS_VOLUMES = {"pfs": "/pfs", "datums": "/data", "runtime": "/trainyard"}
+
+
+def transform_pod(pod, transform: dict, secrets: Sequence[dict], step_image: str):
+    """Turn the step's pod into prepare (init) -> transform (transform.image) + finish (trainyard, the base)."""
+    from kubernetes.client import models as k8s
+
+    base = pod.spec.containers[0]
+    if not transform.get("image"):
+        raise AirflowException(f"pipeline transform has no image; on the kubernetes runner transform.image is what "
+                               f"runs (locally the --source bundle does); add it to the spec")
+    mounts = {name: k8s.V1VolumeMount(name=name, mount_path=path) for name, path in PFS_VOLUMES.items()}
+    env = [k8s.V1EnvVar(name=k, value=str(v)) for k, v in sorted((transform.get("env") or {}).items())]
+    volumes = [k8s.V1Volume(name=name, empty_dir=k8s.V1EmptyDirVolumeSource()) for name in PFS_VOLUMES]
+    secret_mounts = []
+    for secret in secrets:
+        if secret.get("env_var"):
+            env.append(k8s.V1EnvVar(name=secret["env_var"], value_from=k8s.V1EnvVarSource(
+                secret_key_ref=k8s.V1SecretKeySelector(name=secret["name"], key=secret["key"]))))
+        else:
+            name = f"secret-{len(secret_mounts)}"
+            volumes.append(k8s.V1Volume(name=name, secret=k8s.V1SecretVolumeSource(secret_name=secret["name"])))
+            secret_mounts.append(k8s.V1VolumeMount(name=name, mount_path=secret["mount_path"], read_only=True))
+    runner = k8s.V1Container(
+        name=TRANSFORM_CONTAINER, image=transform["image"],
+        command=["/trainyard/busybox", "sh", "/trainyard/pfs-driver.sh", *transform["cmd"]],
+        env=env, resources=base.resources, volume_mounts=[*mounts.values(), *secret_mounts])
+    # trainyard's own containers: the steps image, the store Secret, small requests (the transform has the spec's).
+    prepare = k8s.V1Container(name="prepare", image=step_image, command=list(base.command),
+                              args=["prepare", *base.args[1:]], env=base.env, env_from=base.env_from,
+                              volume_mounts=[mounts["datums"], mounts["runtime"]],
+                              resources=k8s.V1ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"},
+                                                                   limits={"cpu": "1", "memory": "1Gi"}))
+    base.image = step_image
+    base.args = ["finish", *base.args[1:]]
+    base.resources = prepare.resources
+    base.volume_mounts = [*(base.volume_mounts or []), mounts["datums"]]
+    pod.spec.init_containers = [*(pod.spec.init_containers or []), prepare]
+    pod.spec.containers = [base, runner, *pod.spec.containers[1:]]
+    pod.spec.volumes = [*(pod.spec.volumes or []), *volumes]
+    return pod
 
 
 class PipelineCollectOperator(TrainyardStepOperator):
@@ -215,7 +271,6 @@ def pipeline_dag(record: pps.PipelineRecord, settings: config.Settings | None = 
     datum_timeout, job_timeout = pps.timeouts(spec)
     code = f"{record.source.repo}:{record.source.commit}" if record.source else ""
     common = {"pipeline": spec.name, "spec_sha": record.spec_sha, "code": code, "version": record.version}
-    image = {"image": spec.transform.image} if spec.transform.image else {}
     with DAG(
         dag_id=spec.dag_id,
         description=(spec.description or f"Pachyderm pipeline {spec.name}")[:200],
@@ -234,8 +289,8 @@ def pipeline_dag(record: pps.PipelineRecord, settings: config.Settings | None = 
             task_id="process", max_active_tis_per_dagrun=spec.parallelism_spec.constant,
             map_index_template="{{ task.chunk['label'] }}", timeout=job_timeout,
             transform_secrets=[s.model_dump(exclude_none=True) for s in spec.transform.secrets],
-            secrets=kubernetes_secrets(spec), labels={"trainyard.io/pipeline": spec.name},
-            **pps.step_resources(spec), **image, **common,
+            transform={"image": spec.transform.image, "cmd": list(spec.transform.cmd), "env": spec.transform.env},
+            labels={"trainyard.io/pipeline": spec.name}, **pps.step_resources(spec), **common,
         ).expand(chunk=plan.output)
         templated, literal = _step_arguments("collect", **common)
         # none_failed_min_one_success: runs when every datum was already processed (no mapped task), not when the

@@ -16,7 +16,7 @@ from airflow.sdk import DAG, AssetAny
 from airflow.sdk.exceptions import AirflowException
 
 from operators.datums import repo_asset
-from operators.pps import DAG_FILE, PipelineDatumOperator, _event_commits, kubernetes_secrets
+from operators.pps import DAG_FILE, PipelineDatumOperator, _event_commits
 from tests.conftest import REPO
 from training_images.sandbox import pfs_support
 from trainyard import pps
@@ -72,9 +72,11 @@ def test_the_factory_makes_one_dag_per_stored_spec(tmp_path, monkeypatch):
     kwargs = process.partial_kwargs
     assert (kwargs["max_active_tis_per_dagrun"], kwargs["cpu"], kwargs["memory"], kwargs["cpu_limit"],
             kwargs["memory_limit"], kwargs["gpu"], kwargs["timeout"]) == (3, "0.5", "1Gi", "2", "4Gi", 1, 5400)
-    # transform.image is the datum pods' image (on Kubernetes; locally it is not used), collect keeps the steps image
-    assert kwargs["image"] == "wordcount-image"
-    assert wordcount.get_task("collect").image != "wordcount-image"
+    # transform.image is the transform container's image on Kubernetes (locally it is not used); the steps' own
+    # containers and collect keep the steps image
+    assert kwargs["transform"]["image"] == "wordcount-image"
+    assert kwargs["transform"]["cmd"] == ["/binary", "/pfs/data", "{{ dag_run.conf }}"]
+    assert "image" not in kwargs and wordcount.get_task("collect").image != "wordcount-image"
     assert all(t.retries >= 1 for t in wordcount.tasks) and wordcount.tags
     # the spec is user content: it reaches steps by its hash and is never rendered as a template
     for task in wordcount.tasks:
@@ -89,7 +91,7 @@ def _context(task, map_index=-1):
     return {"ti": ti, "run_id": "manual__2026-11-22T10:00:00+00:00", "dag": task.dag}
 
 
-def test_on_kubernetes_a_datum_pod_runs_transform_image_with_its_secrets_and_resources(tmp_path, monkeypatch):
+def test_on_kubernetes_transform_image_runs_as_is_with_its_secrets_and_without_the_stores(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAINYARD_RUNNER", "kubernetes")
     monkeypatch.setenv("TRAINYARD_STORE", "s3://models-bucket/trainyard")
     record = next(iter(_store_specs(f"file://{tmp_path / 'store'}", WORDCOUNT).values()))
@@ -97,22 +99,34 @@ def test_on_kubernetes_a_datum_pod_runs_transform_image_with_its_secrets_and_res
     with DAG("pods", start_date=pendulum.datetime(2026, 1, 1), schedule=None):
         task = PipelineDatumOperator(
             task_id="process", chunk={"datums": ["d1", "d2"], "label": "data:/a"}, pipeline="wordcount",
-            spec_sha=record.spec_sha, code="", version=record.version, secrets=kubernetes_secrets(spec),
+            spec_sha=record.spec_sha, code="", version=record.version,
             transform_secrets=[s.model_dump(exclude_none=True) for s in spec.transform.secrets],
-            image=spec.transform.image, **pps.step_resources(spec))
+            transform={"image": spec.transform.image, "cmd": spec.transform.cmd, "env": spec.transform.env},
+            **pps.step_resources(spec))
     pod = task.build_pod_request_obj(_context(task, map_index=0), dry_run=True)
-    container = pod.spec.containers[0]
-    assert container.image == "wordcount-image"
-    assert container.command == ["python", "-m", "training_images.datum.pps"]
-    assert container.args[0] == "process" and container.args[-2:] == ["--datums", '["d1", "d2"]']
-    assert container.resources.limits == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
-    token = next(e for e in container.env if e.name == "API_TOKEN")
+    containers = {c.name: c for c in pod.spec.containers}
+    transform, finish = containers["transform"], containers["base"]
+    [prepare] = pod.spec.init_containers
+    # transform.image runs transform.cmd as argv under the injected static shell, with the spec's resources.
+    assert transform.image == "wordcount-image"
+    assert transform.command == ["/trainyard/busybox", "sh", "/trainyard/pfs-driver.sh", *spec.transform.cmd]
+    assert transform.resources.limits == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
+    assert {m.mount_path for m in transform.volume_mounts} >= {"/pfs", "/data", "/trainyard", "/secrets/db"}
+    token = next(e for e in transform.env if e.name == "API_TOKEN")
     assert (token.value, token.value_from.secret_key_ref.name, token.value_from.secret_key_ref.key) == \
         (None, "api", "token")
-    mount = next(m for m in container.volume_mounts if m.mount_path == "/secrets/db")
+    mount = next(m for m in transform.volume_mounts if m.mount_path == "/secrets/db")
     volume = next(v for v in pod.spec.volumes if v.name == mount.name)
     assert volume.secret.secret_name == "db-creds"
-    assert "trainyard-store" in [e.secret_ref.name for e in container.env_from or []]
+    # The store's credentials are only on trainyard's own containers, which prepare and upload the datums.
+    assert not transform.env_from and "AWS_" not in str(transform.env)
+    for own in (prepare, finish):
+        assert own.image == "trainyard/steps:latest"
+        assert own.command == ["python", "-m", "training_images.datum.pps"]
+        assert "trainyard-store" in [e.secret_ref.name for e in own.env_from or []]
+    assert prepare.args[0] == "prepare" and finish.args[0] == "finish"
+    assert finish.args[-2:] == ["--datums", '["d1", "d2"]']
+    assert "nvidia.com/gpu" not in finish.resources.limits
 
 
 def test_datum_step_takes_an_image_and_cmds_for_its_datum_tasks_only():

@@ -397,28 +397,39 @@ def process(args: argparse.Namespace) -> int:
         mounts = _secret_files(secrets, work)
         for datum_id in wanted:
             datum = job.datums[datum_id]
-            key = datum_key(datum_id, job.version, {})
-            record = datum_record_key(job.dag_id, pps.TRANSFORM_STEP, key)
-            if store.exists(record):
+            if _processed(store, job, datum_id):
                 counts["skipped"] += 1
                 continue
             outcome = process_datum(ctx, datum_id, datum, mounts)
-            counts[outcome["status"]] += 1
-            if outcome["status"] == "processed":
-                # Outputs are uploaded; the record is published last and is what later runs skip on.
-                store.put_json(record, {"datum": datum_label(datum), "datum_id": datum_id, "key": key,
-                                        "code": job.version, "inputs": _parts(datum),
-                                        **{k: outcome[k] for k in ("outputs", "attempts", "seconds", "log")}},
-                               create_only=True)
-            else:
-                failures.append({"datum": datum_label(datum), "error": outcome["error"],
-                                 "attempts": outcome["attempts"]})
-            if job.spec.enable_stats:
-                store.put_json(pps.stats_key(job.name, job.job_id, datum_id), {
-                    "schema_version": 1, "pipeline": job.name, "job": job.job_id, "datum": datum_id,
-                    "label": datum_label(datum), "state": "success" if outcome["status"] == "processed" else "failed",
-                    "inputs": _parts(datum), "time": time.time(), "files": len(outcome.get("outputs", {})),
-                    **{k: v for k, v in outcome.items() if k not in ("status", "outputs")}})
+            record_outcome(store, job, datum_id, datum, outcome, counts, failures)
+    return _report(job, counts, failures)
+
+
+def _processed(store: Store, job: Job, datum_id: str) -> bool:
+    return store.exists(datum_record_key(job.dag_id, pps.TRANSFORM_STEP, datum_key(datum_id, job.version, {})))
+
+
+def record_outcome(store: Store, job: Job, datum_id: str, datum: Datum, outcome: dict, counts: dict,
+                   failures: list) -> None:
+    """Publish a processed datum's record (last: later runs skip on it) or note its failure; keep its stats."""
+    counts[outcome["status"]] += 1
+    if outcome["status"] == "processed":
+        key = datum_key(datum_id, job.version, {})
+        store.put_json(datum_record_key(job.dag_id, pps.TRANSFORM_STEP, key),
+                       {"datum": datum_label(datum), "datum_id": datum_id, "key": key, "code": job.version,
+                        "inputs": _parts(datum), **{k: outcome[k] for k in ("outputs", "attempts", "seconds", "log")}},
+                       create_only=True)
+    else:
+        failures.append({"datum": datum_label(datum), "error": outcome["error"], "attempts": outcome["attempts"]})
+    if job.spec.enable_stats:
+        store.put_json(pps.stats_key(job.name, job.job_id, datum_id), {
+            "schema_version": 1, "pipeline": job.name, "job": job.job_id, "datum": datum_id,
+            "label": datum_label(datum), "state": "success" if outcome["status"] == "processed" else "failed",
+            "inputs": _parts(datum), "time": time.time(), "files": len(outcome.get("outputs", {})),
+            **{k: v for k, v in outcome.items() if k not in ("status", "outputs")}})
+
+
+def _report(job: Job, counts: dict, failures: list) -> int:
     print(f"pipeline {job.name}: {counts['processed']} processed, {counts['skipped']} skipped, {counts['failed']} "
           "failed", flush=True)
     # Failures last: the task's error message is the step's last line, so it names the datum and its error.
@@ -427,6 +438,101 @@ def process(args: argparse.Namespace) -> int:
               flush=True)
     contract.write_result({**counts, "failures": failures[:RESULT_FAILURES]})
     return 1 if failures else 0
+
+
+# -- on Kubernetes: prepare (trainyard's init container), the transform's image (pfs-driver.sh), finish -------------
+# The transform runs in transform.image, which holds no store credentials: trainyard's own containers fetch each
+# datum before it starts and upload what it wrote after it ends, through volumes the pod shares.
+DATA_DIR = Path("/data")
+RUNTIME_DIR = Path("/trainyard")
+DRIVER = Path(__file__).with_name("pfs-driver.sh")
+# busybox `timeout` ends a command with SIGTERM: the shell reports 143 (124 for GNU timeout).
+TIMEOUT_CODES = (124, 143)
+
+
+def _datum_dirs(data: Path) -> list[Path]:
+    return sorted(p for p in (data / "datums").iterdir() if p.is_dir()) if (data / "datums").is_dir() else []
+
+
+def prepare(args: argparse.Namespace) -> int:
+    """Lay out each pending datum of the chunk for pfs-driver.sh, and put the driver and a static shell beside it."""
+    import shlex
+
+    store = contract.store_from_env()
+    job = load_job(store, args)
+    data, runtime = Path(args.data_dir), Path(args.runtime_dir)
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    runtime.mkdir(parents=True, exist_ok=True)
+    shutil.copy(busybox, runtime / "busybox")
+    shutil.copy(DRIVER, runtime / "pfs-driver.sh")
+    (runtime / "busybox").chmod(0o755)
+    spec = job.spec
+    datum_timeout, _ = pps.timeouts(spec)
+    (data / "stdin").write_text("\n".join(spec.transform.stdin) + "\n" if spec.transform.stdin else "")
+    (data / "tries").write_text(str(spec.datum_tries))
+    (data / "timeout").write_text(str(int(datum_timeout or 0)))
+    prepared = skipped = 0
+    for n, datum_id in enumerate(json.loads(args.datums)):
+        datum = job.datums.get(datum_id)
+        if datum is None:
+            raise SystemExit(f"datum {datum_id[:12]} is not among pipeline {job.name}'s datums; the inputs changed "
+                             "since the plan, run it again")
+        if _processed(store, job, datum_id):
+            skipped += 1
+            continue
+        folder = data / "datums" / f"{n:06d}"
+        for part in datum:
+            (folder / "in" / part.name).mkdir(parents=True, exist_ok=True)
+        store.materialize(datum_files(datum), folder / "in")
+        env = {"PACH_JOB_ID": job.job_id, "PACH_DATUM_ID": datum_id, "PACH_PIPELINE_NAME": job.name,
+               **{f"{p.name}_COMMIT": p.commit or "" for p in datum}}
+        (folder / "env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
+        (folder / "id").write_text(datum_id)
+        (folder / "label").write_text(datum_label(datum).replace("\n", " ")[:200])
+        prepared += 1
+    print(f"pipeline {job.name}: {prepared} datum(s) laid out for {spec.transform.image}, {skipped} already "
+          "processed", flush=True)
+    return 0
+
+
+def finish(args: argparse.Namespace) -> int:
+    """Wait for the transform's container to be done, then upload and record each datum it processed."""
+    store = contract.store_from_env()
+    job = load_job(store, args)
+    data = Path(args.data_dir)
+    while not (data / "done").exists():
+        time.sleep(0.5)
+    counts = {"processed": 0, "skipped": 0, "failed": 0}
+    failures: list = []
+    datum_timeout, _ = pps.timeouts(job.spec)
+    prepared = {(folder / "id").read_text(): folder for folder in _datum_dirs(data)}
+    counts["skipped"] = len(json.loads(args.datums)) - len(prepared)
+    for datum_id, folder in prepared.items():
+        datum = job.datums[datum_id]
+        log = folder / "log"
+        log_sha = store.put_blob_bytes(log.read_bytes() if log.exists() else b"")
+        code = int((folder / "exit").read_text()) if (folder / "exit").exists() else -1
+        attempts = int((folder / "attempts").read_text()) if (folder / "attempts").exists() else 0
+        seconds = float((folder / "seconds").read_text()) if (folder / "seconds").exists() else 0.0
+        outcome = {"status": "failed", "attempts": attempts, "log": log_sha, "seconds": seconds}
+        if code == 0:
+            try:
+                uploads, linked = collect_outputs(folder / "out", datum_files(datum))
+                report = store.upload_files(uploads)
+            except DatumFailed as exc:
+                outcome["error"] = str(exc)
+            else:
+                outcome.update(status="processed", outputs=dict(sorted({**report.manifest, **linked}.items())),
+                               upload_bytes=report.bytes_uploaded)
+        elif code == -1:
+            outcome["error"] = "the transform's container ended before this datum ran (see its log)"
+        elif datum_timeout and code in TIMEOUT_CODES:
+            outcome["error"] = f"ran past datum_timeout {job.spec.datum_timeout} and was stopped"
+        else:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+            outcome["error"] = (tail[0] if tail else "") or f"exit code {code}"
+        record_outcome(store, job, datum_id, datum, outcome, counts, failures)
+    return _report(job, counts, failures)
 
 
 # -- collect -----------------------------------------------------------------------------------------------------------
@@ -484,8 +590,15 @@ def main(argv: list[str] | None = None) -> int:
     _arguments(run)
     run.add_argument("--datums", required=True, help="JSON list of the datum ids this task processes")
     _arguments(sub.add_parser("collect", help="merge the datums' outputs into one commit of the output repo"))
+    for name, what in (("prepare", "lay out a chunk's datums for the transform's own image (Kubernetes)"),
+                       ("finish", "upload and record what the transform's image wrote (Kubernetes)")):
+        step = sub.add_parser(name, help=what)
+        _arguments(step)
+        step.add_argument("--datums", required=True, help="JSON list of the datum ids this task processes")
+        step.add_argument("--data-dir", default=str(DATA_DIR), help="the pod volume the datums are laid out in")
+        step.add_argument("--runtime-dir", default=str(RUNTIME_DIR), help="where the driver and busybox go")
     args = parser.parse_args(argv)
-    return process(args) if args.command == "process" else collect(args)
+    return {"process": process, "collect": collect, "prepare": prepare, "finish": finish}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -193,7 +193,8 @@ class ImageSet:
     def steps_key(self) -> str:
         return self._dockerfile_key(self.python_key(), REPO_ROOT / "training_images" / "Dockerfile",
                                     REPO_ROOT / "trainyard", REPO_ROOT / "training_images",
-                                    REPO_ROOT / "pyproject.toml", REPO_ROOT / "README.md")
+                                    REPO_ROOT / "pyproject.toml", REPO_ROOT / "README.md",
+                                    REPO_ROOT / "constraints.txt")
 
     def builder_key(self) -> str:
         return _sha(self.debian_key(), self.steps_key(),
