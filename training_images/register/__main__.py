@@ -77,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         trained_key = runs.trained_key(args.pipeline, args.run_id, mid)
         if not combo["cached"] and store.exists(trained_key):
             record = _publish(store, plan, store.get_json(trained_key), parent)
-        elif store.exists(contract.model_key(mid)):
+        elif combo["cached"] and store.exists(contract.model_key(mid)):
+            # Only a planned cache hit reuses the model: a combination this run was to train (no_cache, or trained
+            # since by another run) and did not is a failure, even when an older model with that id exists.
             record = store.get_json(contract.model_key(mid))
             entry["cached"] = True
-            if combo["cached"]:
-                print(f"model {mid} ({combo['label']}) reused from cache, trained in run "
-                      f"{record['lineage']['airflow']['run_id']}", flush=True)
+            print(f"model {mid} ({combo['label']}) reused from cache, trained in run "
+                  f"{record['lineage']['airflow']['run_id']}", flush=True)
         else:
             failure = {"model_id": mid, "label": combo["label"], "error": "the train task did not run or left no result"}
             try:
