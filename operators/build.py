@@ -75,6 +75,8 @@ class ImageBuildOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kuberne
         self.destination = destination
         self.registry_secret = registry_secret
         kwargs.setdefault("name", "trainyard-build")
+        # What the fetch step says (which Dockerfile, which context) belongs in the build's log too.
+        kwargs.setdefault("init_container_logs", True)
         super().__init__(
             cmds=["python3", "-m", "training_images.imagebuild"],
             labels={"trainyard.io/step": "build", **(labels or {})},

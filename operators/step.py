@@ -243,6 +243,8 @@ class PodStepMixin:
         kwargs.setdefault("hostnetwork", settings.flag("pod_host_network"))
         kwargs.setdefault("automount_service_account_token", False)
         kwargs.setdefault("schedule_timeout_seconds", int(settings.schedule_timeout))
+        # The provider polls a starting pod every 5 s; a step pod often starts in about one.
+        kwargs.setdefault("startup_check_interval_seconds", 1)
         # Once scheduled, an image pull may take long (a GPU image is several GB).
         kwargs.setdefault("startup_timeout_seconds", 900)
         return kwargs
