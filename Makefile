@@ -8,7 +8,7 @@ export AIRFLOW_HOME ?= $(CURDIR)/.airflow
 export AIRFLOW_CONFIG ?= $(CURDIR)/airflow.cfg
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test bench server clean
+.PHONY: setup demo test bench server cluster cluster-prepare clean
 
 setup: $(VENV)/.installed $(AIRFLOW_HOME)/airflow.db
 
@@ -26,8 +26,18 @@ $(AIRFLOW_HOME)/airflow.db: $(VENV)/.installed
 demo: setup
 	bash scripts/demo.sh
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed cluster-prepare
 	bash scripts/test.sh
+
+# The local single-node Kubernetes the kubernetes-runner tests use (tests/k8s): Debian's packages and Kubernetes
+# built once per machine (cached), then started in the foreground until Ctrl-C; `source $(CLUSTER)/env.sh` in
+# another shell points trainyard and Airflow at it.
+CLUSTER ?= /tmp/trainyard-cluster
+cluster-prepare: $(VENV)/.installed
+	bash scripts/cluster/prepare.sh
+
+cluster: cluster-prepare
+	$(PY) -m trainyard.localk8s $(CLUSTER)
 
 # A throw-away Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1 for `trainyard init`.
 server: $(VENV)/.installed
@@ -41,6 +51,7 @@ bench: setup
 	$(PY) bench/datums
 	$(PY) bench/ingest
 	$(PY) bench/server
+	$(PY) bench/k8s
 
 clean:
 	rm -rf $(AIRFLOW_HOME) .pytest_cache
