@@ -252,6 +252,16 @@ class ImageSet:
             REPO_ROOT, REPO_ROOT / "training_images" / "builder" / "Dockerfile", local,
             build_args={"STEPS_IMAGE": steps}), ["latest"])
 
+    def template(self, name: str) -> str:
+        """A template's own training image, built from its bundle's Dockerfile on the stand-ins, as a user's is."""
+        bundle = REPO_ROOT / "templates" / name / "model-train" / name
+        dockerfile = bundle / "Dockerfile"
+        if not dockerfile.is_file():
+            raise ClusterError(f"template {name!r} has no Dockerfile at {dockerfile}")
+        base = self.tensorflow() if "tensorflow/tensorflow" in dockerfile.read_text() else self.python()
+        key = _sha(base, dockerfile.read_bytes(), _tree_bytes([bundle]))
+        return self._ensure(f"templates/{name}", key, lambda local: self.buildah.bud(bundle, dockerfile, local))
+
     def _single_binary(self, name: str, binary: Path, links: dict[str, str], entrypoint: str) -> str:
         key = _sha(binary.read_bytes(), repr(sorted(links.items())), entrypoint)
 
