@@ -132,6 +132,20 @@ def airflow_server(moto_endpoint, tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def image_server():
+    """The captioning template's own image server (serve.py) on a free port of 127.0.0.1, stopped at the end."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "templates" / "captioning" / "serve.py"), "--port", "0",
+                             "--quiet"], stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc.stdout.readline().strip().rstrip("/")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @contextlib.contextmanager
 def serving(server):
     """Run an HTTP server bound to 127.0.0.1 port 0 on a thread; yield its base URL; stop it afterwards."""
