@@ -18,7 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
 from trainyard.errors import AmbiguousId, ConflictError, CorruptBlob, NotFound, TrainyardError
+from trainyard.store import keys
 from trainyard.store.backend import Backend, PreconditionFailed
 
 REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -147,7 +150,7 @@ class Store:
     # -- blobs -------------------------------------------------------------------------------------
     @staticmethod
     def blob_key(sha: str) -> str:
-        return f"blobs/sha256/{sha[:2]}/{sha}"
+        return keys.blob(sha)
 
     def has_blob(self, sha: str) -> bool:
         return self.backend.exists(self.blob_key(sha))
@@ -203,11 +206,11 @@ class Store:
                 known.update(e["sha256"] for e in self.get_commit(repo, head).manifest.values())
         max_keys = 1000 * (wanted // 1000 + 2)
         complete = True
-        for count, key in enumerate(self.backend.list("blobs/sha256/")):
+        for count, key in enumerate(self.backend.list(keys.BLOBS)):
             if count >= max_keys:
                 complete = False
                 break
-            known.add(key.rsplit("/", 1)[1])
+            known.add(keys.blob_sha(key))
         return known, complete
 
     def upload_files(self, files: Mapping[str, Path], *, quiet: bool = True, desc: str = "",
@@ -292,24 +295,47 @@ class Store:
         except KeyError:
             raise NotFound(f"{key} not found in the store {self.uri}") from None
 
+    def get_record(self, key: str, kind: Any) -> Any:
+        """A typed record (a trainyard.records.Record class): read, upgraded if older, validated."""
+        return kind.load(self.get_json(key), where=f"{key} in the store {self.uri}")
+
+    def put_record(self, key: str, record: Any, *, create_only: bool = False) -> bool:
+        """Write a typed record; with create_only an existing one is kept and False is returned."""
+        return self.put_json(key, record.to_json(), create_only=create_only)
+
     def exists(self, key: str) -> bool:
         return self.backend.exists(key)
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key that starts with prefix (build it with trainyard.store.keys), sorted."""
+        return sorted(self.backend.list(prefix))
+
+    def list_json(self, prefix: str) -> list[Any]:
+        """Every JSON document under prefix, in key order."""
+        return [self.get_json(key) for key in self.list_keys(prefix) if key.endswith(keys.JSON)]
+
+    def get_bytes(self, key: str) -> bytes:
+        """A document that is not JSON (a step log); NotFound when absent."""
+        try:
+            return self.backend.read(key)
+        except KeyError:
+            raise NotFound(f"{key} not found in the store {self.uri}") from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Replace a document that is not JSON, atomically (a step log that grows while the step runs)."""
+        self.backend.write(key, data)
+
+    def delete(self, key: str) -> None:
+        """Remove a record that is no longer wanted (a deleted pipeline); blobs and commits are never deleted."""
+        self.backend.delete(key)
+
     # -- repos and commits -------------------------------------------------------------------------
-    @staticmethod
-    def _commit_key(repo: str, commit_id: str) -> str:
-        return f"repos/{repo}/commits/{commit_id}.json"
-
-    @staticmethod
-    def _branch_key(repo: str, branch: str) -> str:
-        return f"repos/{repo}/branches/{branch}.json"
-
     def repos(self) -> list[str]:
-        names = {key.split("/")[1] for key in self.backend.list("repos/") if key.endswith(".json")}
-        return sorted(names)
+        names = {keys.repo_of(key) for key in self.backend.list(keys.REPOS)}
+        return sorted(name for name in names if name)
 
     def branch_head(self, repo: str, branch: str = "latest") -> str | None:
-        got = self.backend.read_versioned(self._branch_key(repo, branch))
+        got = self.backend.read_versioned(keys.branch(repo, branch))
         return json.loads(got[0])["head"] if got else None
 
     def commit(self, repo: str, manifest: Manifest, *, message: str = "", author: str | None = None,
@@ -323,7 +349,7 @@ class Store:
         if not manifest:
             raise TrainyardError(f"refusing to commit an empty manifest to repo {repo!r}")
         commit_id = manifest_id(manifest)
-        key = self._commit_key(repo, commit_id)
+        key = keys.commit(repo, commit_id)
         head = self.branch_head(repo, branch)
         if expect_head is not ANY_HEAD and head != expect_head:
             raise ConflictError(f"repo {repo!r} moved to {str(head)[:12]} while this commit was being prepared")
@@ -350,33 +376,36 @@ class Store:
                 raise ConflictError(f"repo {repo!r} moved to {str(doc['head'])[:12]} while committing; retry")
             return {"head": commit_id, "log": [{"commit": commit_id, "time": time.time()}, *doc["log"]]}
 
-        self.update_json(self._branch_key(repo, branch), move, what=f"branch {repo}:{branch}")
+        self.update_json(keys.branch(repo, branch), move, what=f"branch {repo}:{branch}")
 
     def update_json(self, key: str, mutate: Callable[[Any], Any], *, attempts: int = 50, what: str = "") -> Any:
         """Compare-and-swap a JSON document: mutate(current or None) returns the new document, or None to keep it.
 
-        Concurrent writers retry on a lost race, so no update is ever silently dropped. Returns what was written
-        (or the current document when mutate kept it).
+        Concurrent writers retry on a lost race (backing off exponentially, up to half a second), so no update is
+        ever silently dropped. Returns what was written (or the current document when mutate kept it).
         """
-        for attempt in range(attempts):
+        def swap() -> Any:
             current = self.backend.read_versioned(key)
             doc = json.loads(current[0]) if current else None
             new = mutate(doc)
             if new is None:
                 return doc
-            try:
-                if current:
-                    self.backend.write(key, canonical_json(new), if_version=current[1])
-                else:
-                    self.backend.write(key, canonical_json(new), if_absent=True)
-                return new
-            except PreconditionFailed:
-                time.sleep(min(0.01 * 2**attempt, 0.5))
-        raise ConflictError(f"{what or key} kept changing; {attempts} compare-and-swap attempts lost")
+            if current:
+                self.backend.write(key, canonical_json(new), if_version=current[1])
+            else:
+                self.backend.write(key, canonical_json(new), if_absent=True)
+            return new
+
+        retrying = Retrying(retry=retry_if_exception_type(PreconditionFailed), stop=stop_after_attempt(attempts),
+                            wait=wait_exponential(multiplier=0.01, max=0.5))
+        try:
+            return retrying(swap)
+        except RetryError:
+            raise ConflictError(f"{what or key} kept changing; {attempts} compare-and-swap attempts lost") from None
 
     def get_commit(self, repo: str, commit_id: str) -> Commit:
         try:
-            doc = json.loads(self.backend.read(self._commit_key(repo, commit_id)))
+            doc = json.loads(self.backend.read(keys.commit(repo, commit_id)))
         except KeyError:
             raise NotFound(f"commit {commit_id} not found in repo {repo!r}") from None
         return Commit(repo=doc["repo"], id=doc["id"], manifest=doc["manifest"], parent=doc["parent"],
@@ -384,7 +413,7 @@ class Store:
 
     def log(self, repo: str, branch: str = "latest") -> list[Commit]:
         """Commits the branch has pointed at, newest first; concurrent commits all appear."""
-        got = self.backend.read_versioned(self._branch_key(repo, branch))
+        got = self.backend.read_versioned(keys.branch(repo, branch))
         if not got:
             raise NotFound(f"repo {repo!r} has no commits; deploy or put data into it first")
         return [self.get_commit(repo, entry["commit"]) for entry in json.loads(got[0])["log"]]
@@ -402,8 +431,7 @@ class Store:
             raise NotFound(
                 f"repo {repo!r} has no branch {ref!r}; known repos: {', '.join(self.repos()) or 'none'}"
             )
-        prefix = f"repos/{repo}/commits/{ref}"
-        matches = sorted({k.rsplit("/", 1)[1].removesuffix(".json") for k in self.backend.list(prefix)})
+        matches = sorted({keys.commit_id(k) for k in self.backend.list(keys.commit_prefix(repo, ref))})
         if not matches:
             raise NotFound(f"no commit in repo {repo!r} starts with {ref!r}; list commits with `trainyard data log {repo}`")
         if len(matches) > 1:

@@ -1,0 +1,200 @@
+"""The store's key layout: the one module that builds and parses the keys every record and blob lives under.
+
+Everything above the store asks here for a key (or a prefix to list) and never writes a path of its own, so the
+layout can be read, changed and migrated in one place. Keys are '/'-separated and relative to the store's root.
+
+    blobs/sha256/<2>/<sha256>                              content-addressed bytes
+    repos/<repo>/commits/<id>.json                         immutable commits
+    repos/<repo>/branches/<branch>.json                    a branch: head plus its log
+    runs/<pipeline>/<run>/plan.json                        the sweep a run trains (resolve step)
+    runs/<pipeline>/<run>/trained/<model id>.json          one combination's outcome (train step)
+    runs/<pipeline>/<run>/failed/<model id>.json           one combination's failure
+    runs/<pipeline>/<run>/waiting/<task>/<map index>.json  why a step's pod waits for a node
+    runs/<pipeline>/<run>/_results.json                    the run record (AI Center's shape)
+    logs/<pipeline>/<run>/<task>/<map index>/<try>.log     step logs
+    models/<src>_<data>/<params>.json                      model records with their lineage
+    registry/<name>.json                                   a model's registry versions and aliases
+    pipelines/<pipeline>/<name>/settings.json              settings a pipeline remembers per source repo
+    datums/<pipeline>/<step>/<key>.json                    a processed datum's record
+    provenance/<repo>/<commit>.json                        which datum made each file of a datum step's commit
+    pps/pipelines/<name>.json                              a created Pachyderm pipeline
+    pps/jobs/<name>/<job>.json, pps/state/<name>.json      its jobs, and the last one finished
+    pps/stats/<name>/<job>/<datum>.json                    per-datum stats (enable_stats)
+"""
+
+from __future__ import annotations
+
+BLOBS = "blobs/sha256/"
+REPOS = "repos/"
+RUNS = "runs/"
+LOGS = "logs/"
+MODELS = "models/"
+REGISTRY = "registry/"
+PIPELINE_SETTINGS = "pipelines/"
+DATUMS = "datums/"
+PROVENANCE = "provenance/"
+PPS_PIPELINES = "pps/pipelines/"
+PPS_JOBS = "pps/jobs/"
+PPS_STATE = "pps/state/"
+PPS_STATS = "pps/stats/"
+
+# Every top-level prefix the layout uses; tests/test_layering.py keeps them out of every other module.
+PREFIXES = (BLOBS.split("/")[0] + "/", REPOS, RUNS, LOGS, MODELS, REGISTRY, PIPELINE_SETTINGS, DATUMS, PROVENANCE,
+            "pps/")
+
+JSON = ".json"
+LOG = ".log"
+RESULTS = "_results.json"
+
+
+def _stem(key: str, prefix: str, suffix: str = JSON) -> str:
+    """The part of `key` between `prefix` and `suffix`."""
+    return key[len(prefix):len(key) - len(suffix)]
+
+
+# -- blobs ---------------------------------------------------------------------------------------------------------
+def blob(sha: str) -> str:
+    return f"{BLOBS}{sha[:2]}/{sha}"
+
+
+def blob_sha(key: str) -> str:
+    return key.rsplit("/", 1)[1]
+
+
+# -- repos, commits and branches -----------------------------------------------------------------------------------
+def commit(repo: str, commit_id: str) -> str:
+    return f"{REPOS}{repo}/commits/{commit_id}{JSON}"
+
+
+def commit_prefix(repo: str, id_prefix: str = "") -> str:
+    """Lists the commits of `repo` whose id starts with `id_prefix`."""
+    return f"{REPOS}{repo}/commits/{id_prefix}"
+
+
+def commit_id(key: str) -> str:
+    return key.rsplit("/", 1)[1].removesuffix(JSON)
+
+
+def branch(repo: str, name: str) -> str:
+    return f"{REPOS}{repo}/branches/{name}{JSON}"
+
+
+def repo_of(key: str) -> str | None:
+    """The repo a key under repos/ belongs to (None for anything else, or a stray non-JSON file)."""
+    if not key.startswith(REPOS) or not key.endswith(JSON):
+        return None
+    return key[len(REPOS):].split("/", 1)[0]
+
+
+# -- runs ----------------------------------------------------------------------------------------------------------
+def run_prefix(pipeline: str, run_id: str | None = None) -> str:
+    """Every run of `pipeline`, or one run's records."""
+    return f"{RUNS}{pipeline}/" + (f"{run_id}/" if run_id is not None else "")
+
+
+def _file_name(model_id: str) -> str:
+    return model_id.replace(":", "-")
+
+
+def run_plan(pipeline: str, run_id: str) -> str:
+    return run_prefix(pipeline, run_id) + "plan.json"
+
+
+def run_trained(pipeline: str, run_id: str, model_id: str) -> str:
+    return run_prefix(pipeline, run_id) + f"trained/{_file_name(model_id)}{JSON}"
+
+
+def run_failed(pipeline: str, run_id: str, model_id: str) -> str:
+    return run_prefix(pipeline, run_id) + f"failed/{_file_name(model_id)}{JSON}"
+
+
+def run_results(pipeline: str, run_id: str) -> str:
+    return run_prefix(pipeline, run_id) + RESULTS
+
+
+def is_run_results(key: str) -> bool:
+    return key.endswith("/" + RESULTS)
+
+
+def run_waiting(pipeline: str, run_id: str, task_id: str, map_index: int | str) -> str:
+    return run_waiting_prefix(pipeline, run_id) + f"{task_id}/{map_index}{JSON}"
+
+
+def run_waiting_prefix(pipeline: str, run_id: str) -> str:
+    return run_prefix(pipeline, run_id) + "waiting/"
+
+
+# -- step logs -----------------------------------------------------------------------------------------------------
+def log(pipeline: str, run_id: str, task_id: str, map_index: int | str, try_number: int | str) -> str:
+    """One object per task, map index and try, written while the step runs and kept after."""
+    return log_prefix(pipeline, run_id) + f"{task_id}/{map_index}/{try_number}{LOG}"
+
+
+def log_prefix(pipeline: str, run_id: str) -> str:
+    return f"{LOGS}{pipeline}/{run_id}/"
+
+
+def parse_log(key: str, pipeline: str, run_id: str) -> tuple[str, str, int]:
+    """(task id, map index, try number) of a key under log_prefix(pipeline, run_id)."""
+    task, index, try_file = key[len(log_prefix(pipeline, run_id)):].split("/")
+    return task, index, int(try_file.removesuffix(LOG))
+
+
+# -- models and the registry ---------------------------------------------------------------------------------------
+def model(model_id: str) -> str:
+    """A model id '<src>_<data>:<params>' is kept as models/<src>_<data>/<params>.json."""
+    src_data, _, params = model_id.partition(":")
+    return f"{MODELS}{src_data}/{params}{JSON}"
+
+
+def model_prefix(id_prefix: str) -> str:
+    """Lists the model records whose id starts with `id_prefix` (its part before ':')."""
+    return MODELS + id_prefix.partition(":")[0]
+
+
+def model_id(key: str) -> str:
+    return _stem(key, MODELS).replace("/", ":")
+
+
+def registry(name: str) -> str:
+    return f"{REGISTRY}{name}{JSON}"
+
+
+def registry_name(key: str) -> str | None:
+    return _stem(key, REGISTRY) if key.startswith(REGISTRY) and key.endswith(JSON) else None
+
+
+def pipeline_settings(pipeline: str, name: str) -> str:
+    return f"{PIPELINE_SETTINGS}{pipeline}/{name}/settings{JSON}"
+
+
+# -- datum steps ---------------------------------------------------------------------------------------------------
+def datum_record(pipeline: str, step: str, key: str) -> str:
+    """A processed datum's record; its existence is what makes a later run skip the datum."""
+    return f"{DATUMS}{pipeline}/{step}/{key}{JSON}"
+
+
+def provenance(repo: str, commit_id: str) -> str:
+    return f"{PROVENANCE}{repo}/{commit_id}{JSON}"
+
+
+# -- Pachyderm pipelines -------------------------------------------------------------------------------------------
+def pps_pipeline(name: str) -> str:
+    return f"{PPS_PIPELINES}{name}{JSON}"
+
+
+def pps_job(name: str, job: str) -> str:
+    return f"{PPS_JOBS}{name}/{job}{JSON}"
+
+
+def pps_state(name: str) -> str:
+    """The input commits of the pipeline's last finished job."""
+    return f"{PPS_STATE}{name}{JSON}"
+
+
+def pps_stats(name: str, job: str, datum: str) -> str:
+    return pps_stats_prefix(name, job) + f"{datum}{JSON}"
+
+
+def pps_stats_prefix(name: str, job: str) -> str:
+    return f"{PPS_STATS}{name}/{job}/"
