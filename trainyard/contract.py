@@ -47,11 +47,6 @@ def model_id(source_id: str, data_id: str, params: dict[str, Any]) -> str:
     return f"{source_id[:12]}_{data_id[:12]}:{params_hash(params)[:12]}"
 
 
-def model_key(mid: str) -> str:
-    src_data, _, params = mid.partition(":")
-    return f"models/{src_data}/{params}.json"
-
-
 def env_parameters(params: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
     """Params as AI Center environment variables: text as is, anything else as JSON (10 -> "10", True -> "true").
 

@@ -10,7 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
+
 from trainyard.errors import ConflictError, TrainyardError
+from trainyard.records import DatumRecord, Provenance
+from trainyard.store import keys
 from trainyard.store.versioned import Commit, Manifest, Store, canonical_json, check_repo_name, sha256_bytes
 
 # Concurrent puts to one repo each retry on top of the other's commit; a few rounds settle any real contention.
@@ -147,14 +151,10 @@ def put_file(store: Store, repo: str, file: Path, *, split: str | None = None, t
             raise SplitError(f"{file} has no {'records' if split == 'json' else 'lines'} to split"
                              + (" after its header" if header and data else ""))
 
-    for attempt in range(_PUT_ATTEMPTS):
-        try:
-            return _put_on_head(store, repo, file, dest, split, chunks, message)
-        except ConflictError:
-            # Another commit landed between reading the head and moving the branch; redo on top of it.
-            if attempt == _PUT_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+    # Another commit may land between reading the head and moving the branch; then redo on top of it.
+    retrying = Retrying(retry=retry_if_exception_type(ConflictError), stop=stop_after_attempt(_PUT_ATTEMPTS),
+                        reraise=True)
+    return retrying(_put_on_head, store, repo, file, dest, split, chunks, message)
 
 
 def _put_on_head(store: Store, repo: str, file: Path, dest: str, split: str | None, chunks: list[bytes],
@@ -444,14 +444,29 @@ def datum_key(datum: str, code: str, params: dict[str, Any]) -> str:
     return sha256_bytes(canonical_json({"datum": datum, "code": code, "params": params}))
 
 
-def provenance_key(repo: str, commit_id: str) -> str:
-    """Where a datum step's output commit records which datum produced each of its files."""
-    return f"provenance/{repo}/{commit_id}.json"
+def has_record(store: Store, pipeline: str, step: str, key: str) -> bool:
+    """Whether the datum keyed `key` (datum_key) was processed by this step: a re-run skips it."""
+    return store.exists(keys.datum_record(pipeline, step, key))
 
 
-def record_key(pipeline: str, step: str, key: str) -> str:
-    """Where a processed datum's output record lives; its existence is what makes a re-run skip the datum."""
-    return f"datums/{pipeline}/{step}/{key}.json"
+def load_record(store: Store, pipeline: str, step: str, key: str) -> DatumRecord:
+    """A processed datum's record; NotFound when the datum failed or its task never ran."""
+    return store.get_record(keys.datum_record(pipeline, step, key), DatumRecord)
+
+
+def save_record(store: Store, pipeline: str, step: str, record: DatumRecord) -> bool:
+    """Publish a processed datum's record, last (its outputs are stored); an existing record is kept."""
+    return store.put_record(keys.datum_record(pipeline, step, record.key), record, create_only=True)
+
+
+def save_provenance(store: Store, commit: Commit, provenance: Provenance) -> None:
+    """Record which datum produced each file of a datum step's output commit."""
+    store.put_record(keys.provenance(commit.repo, commit.id), provenance)
+
+
+def load_provenance(store: Store, commit: Commit) -> Provenance:
+    """NotFound when the commit was not written by a datum step."""
+    return store.get_record(keys.provenance(commit.repo, commit.id), Provenance)
 
 
 # -- work units: what one datum task processes, for a single input, a join or a cross -------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from trainyard.errors import TrainyardError
 
@@ -14,6 +14,7 @@ DIRECTIONS = ("max", "min")
 _LOWER_IS_BETTER = re.compile(r"(loss|error|err$|mse|rmse|mae|mape|perplexity|seconds|latency|time$|distance)",
                               re.IGNORECASE)
 SPEC_PATTERN = r"^[A-Za-z0-9_.\-]+(:(max|min))?$"
+T = TypeVar("T")
 
 
 class MetricError(TrainyardError):
@@ -43,10 +44,15 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if is_number(v)}
 
 
-def available(models: Iterable[dict]) -> list[str]:
+def metrics_of(model: Any) -> dict[str, Any]:
+    """A model's (or registry version's) metrics, from a typed record or a plain dict."""
+    return model.get("metrics", {}) if isinstance(model, dict) else model.metrics
+
+
+def available(models: Iterable[Any]) -> list[str]:
     names: set[str] = set()
     for model in models:
-        names.update(numeric_metrics(model.get("metrics", {})))
+        names.update(numeric_metrics(metrics_of(model)))
     return sorted(names)
 
 
@@ -66,8 +72,9 @@ def default_metric(metrics: dict[str, Any]) -> str | None:
     return scores[0] if scores else None
 
 
-def rank(models: list[dict], spec: str) -> tuple[list[dict], list[dict], str, str]:
-    """Sort models by a metric, best first, as numbers; returns (ranked, unranked, name, direction).
+def rank(models: list[T], spec: str) -> tuple[list[T], list[T], str, str]:
+    """Sort models (typed records or dicts, each with metrics) by a metric, best first, as numbers; returns
+    (ranked, unranked, name, direction).
 
     Models without a numeric value for the metric are returned separately rather than sorted as text.
     """
@@ -75,12 +82,12 @@ def rank(models: list[dict], spec: str) -> tuple[list[dict], list[dict], str, st
     names = available(models)
     if models and name not in names:
         raise MetricError(f"unknown metric {name!r}; available: {', '.join(names) or 'none (no numeric metrics)'}")
-    scored = [m for m in models if is_number(m.get("metrics", {}).get(name))]
-    unscored = [m for m in models if m not in scored]
-    scored.sort(key=lambda m: float(m["metrics"][name]), reverse=direction == "max")
+    scored = [m for m in models if is_number(metrics_of(m).get(name))]
+    unscored = [m for m in models if not is_number(metrics_of(m).get(name))]
+    scored.sort(key=lambda m: float(metrics_of(m)[name]), reverse=direction == "max")
     return scored, unscored, name, direction
 
 
-def best(models: list[dict], spec: str) -> dict | None:
+def best(models: list[T], spec: str) -> T | None:
     ranked, _, _, _ = rank(models, spec)
     return ranked[0] if ranked else None

@@ -19,11 +19,12 @@ from trainyard.datums import (
     template_groups,
 )
 from trainyard.errors import NotFound, ResourceError, TrainyardError
+from trainyard.records import DatumStats, PpsJob
 from trainyard.resources import Resources
+from trainyard.store import keys
 from trainyard.store.versioned import Store, canonical_json, sha256_bytes
 
 SCHEMA_VERSION = 1
-PIPELINES_PREFIX = "pps/pipelines/"
 DAG_PREFIX = "pps_"
 # Pachyderm's default branch is master; a store branch of the same role is `latest`.
 DEFAULT_BRANCHES = ("", "master", "latest")
@@ -570,22 +571,17 @@ class PipelineRecord(BaseModel):
                                             "source": self.source.commit if self.source else None}))
 
 
-def record_key(name: str) -> str:
-    return f"{PIPELINES_PREFIX}{name}.json"
-
-
 def load_pipelines(store: Store) -> dict[str, PipelineRecord]:
     """Every stored pipeline by name."""
     records = {}
-    for key in sorted(store.backend.list(PIPELINES_PREFIX)):
-        if key.endswith(".json"):
-            record = PipelineRecord.model_validate(store.get_json(key))
-            records[record.name] = record
+    for doc in store.list_json(keys.PPS_PIPELINES):
+        record = PipelineRecord.model_validate(doc)
+        records[record.name] = record
     return records
 
 
 def get_pipeline(store: Store, name: str) -> PipelineRecord:
-    key = record_key(name)
+    key = keys.pps_pipeline(name)
     if not store.exists(key):
         known = ", ".join(load_pipelines(store)) or "none"
         raise NotFound(f"no pipeline {name!r}; pipelines: {known} (create one with `trainyard pipeline create -f`)")
@@ -689,7 +685,7 @@ def save_pipelines(store: Store, specs: list[tuple[PipelineSpec, str]], *, sourc
         records.append(PipelineRecord(name=spec.name, spec=body, spec_sha=store.put_blob_bytes(canonical_json(body)),
                                       source=kept, file=where, created=old.created if old else now, updated=now))
     for record in records:
-        store.put_json(record_key(record.name), record.model_dump(mode="json"))
+        store.put_json(keys.pps_pipeline(record.name), record.model_dump(mode="json"))
     return records
 
 
@@ -707,22 +703,31 @@ def delete_pipelines(store: Store, names: list[str]) -> list[str]:
             raise SpecError(f"pipeline {name!r} cannot be deleted: {', '.join(dependents)} read(s) its output repo; "
                             f"delete them too (`trainyard pipeline delete {name} {' '.join(dependents)}`)")
     for name in names:
-        store.backend.delete(record_key(name))
+        store.delete(keys.pps_pipeline(name))
     return names
 
 
 # -- jobs: what each run of a pipeline processed -----------------------------------------------------------------------
-def job_key(name: str, job: str) -> str:
-    return f"pps/jobs/{name}/{job}.json"
+def save_job(store: Store, job: PpsJob) -> None:
+    """Record a finished job, and make it the pipeline's state: downstream pipelines wait until it is current."""
+    store.put_record(keys.pps_job(job.pipeline, job.job), job)
+    store.put_record(keys.pps_state(job.pipeline), job)
 
 
-def state_key(name: str) -> str:
-    """The input commits of the pipeline's last finished job; downstream pipelines wait until it is current."""
-    return f"pps/state/{name}.json"
+def last_job(store: Store, name: str) -> PpsJob | None:
+    """The pipeline's last finished job, or None when it has not finished one."""
+    key = keys.pps_state(name)
+    return store.get_record(key, PpsJob) if store.exists(key) else None
 
 
-def stats_key(name: str, job: str, datum: str) -> str:
-    return f"pps/stats/{name}/{job}/{datum}.json"
+def save_datum_stats(store: Store, stats: DatumStats) -> None:
+    store.put_record(keys.pps_stats(stats.pipeline, stats.job, stats.datum), stats)
+
+
+def datum_stats(store: Store, name: str, job: str) -> list[DatumStats]:
+    """The per-datum records of a job (kept when the pipeline's spec has enable_stats)."""
+    return [DatumStats.load(doc, where=f"stats of pipeline {name} job {job}")
+            for doc in store.list_json(keys.pps_stats_prefix(name, job))]
 
 
 def resolve_inputs(store: Store, spec: PipelineSpec, pinned: dict[str, str] | None = None) -> list[dict]:
@@ -756,11 +761,10 @@ def waiting_for(store: Store, records: dict[str, PipelineRecord], spec: Pipeline
         heads = [(i["repo"], i["ref"], i["commit"]) for i in resolve_inputs(store, upstream)]
         if all(commit is None for _, _, commit in heads):
             return None  # nothing for it to process
-        try:
-            state = store.get_json(state_key(name))
-        except NotFound:
+        state = last_job(store, name)
+        if state is None:
             return f"pipeline {name}, which has not run yet"
-        done = {(i["repo"], i.get("ref", "latest")): i.get("commit") for i in state["inputs"]}
+        done = {(i["repo"], i.get("ref", "latest")): i.get("commit") for i in state.inputs}
         for repo, ref, commit in heads:
             if done.get((repo, ref)) != commit:
                 return f"pipeline {name}, which has not processed {repo}:{(commit or 'empty')[:5]} yet"

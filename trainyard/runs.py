@@ -1,62 +1,88 @@
-"""Run records: the plan a run trains, per-combination outcomes, `_results.json`, and settings kept per pipeline."""
+"""Run records: the plan a run trains, per-combination outcomes, `_results.json`, step logs, settings per pipeline."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from trainyard.errors import NotFound
+from trainyard.records import RunPlan, RunRecord, TrainedModel, TrainFailure
+from trainyard.store import keys
 from trainyard.store.versioned import Store
 
 # Resources and options a pipeline keeps between deploys until the user changes them (kaos reset them each time).
 REMEMBERED = ("cpu", "memory", "gpu", "timeout", "metric")
 
 
-def run_prefix(pipeline: str, run_id: str) -> str:
-    return f"runs/{pipeline}/{run_id}/"
+# -- the plan (resolve step) and each combination's outcome (train step) -------------------------------------------
+def save_plan(store: Store, plan: RunPlan | dict[str, Any]) -> RunPlan:
+    """Write the plan the run trains; a dict is checked against RunPlan first."""
+    plan = plan if isinstance(plan, RunPlan) else RunPlan.model_validate(plan)
+    store.put_record(keys.run_plan(plan.pipeline, plan.run_id), plan)
+    return plan
 
 
-def plan_key(pipeline: str, run_id: str) -> str:
-    return run_prefix(pipeline, run_id) + "plan.json"
+def load_plan(store: Store, pipeline: str, run_id: str) -> RunPlan:
+    """The run's plan; NotFound when the resolve step did not finish."""
+    return store.get_record(keys.run_plan(pipeline, run_id), RunPlan)
 
 
-def trained_key(pipeline: str, run_id: str, model_id: str) -> str:
-    return run_prefix(pipeline, run_id) + f"trained/{model_id.replace(':', '-')}.json"
+def has_plan(store: Store, pipeline: str, run_id: str) -> bool:
+    return store.exists(keys.run_plan(pipeline, run_id))
 
 
-def failure_key(pipeline: str, run_id: str, model_id: str) -> str:
-    return run_prefix(pipeline, run_id) + f"failed/{model_id.replace(':', '-')}.json"
+def save_trained(store: Store, pipeline: str, run_id: str, trained: TrainedModel) -> None:
+    """Outputs are uploaded; this record lets the register step publish the model even if XComs are lost."""
+    store.put_record(keys.run_trained(pipeline, run_id, trained.model_id), trained)
 
 
-def results_key(pipeline: str, run_id: str) -> str:
-    return run_prefix(pipeline, run_id) + "_results.json"
+def load_trained(store: Store, pipeline: str, run_id: str, model_id: str) -> TrainedModel | None:
+    key = keys.run_trained(pipeline, run_id, model_id)
+    return store.get_record(key, TrainedModel) if store.exists(key) else None
 
 
-def read_results(store: Store, pipeline: str, run_id: str) -> dict[str, Any] | None:
+def save_failure(store: Store, pipeline: str, run_id: str, failure: TrainFailure) -> None:
+    store.put_record(keys.run_failed(pipeline, run_id, failure.model_id), failure)
+
+
+def load_failure(store: Store, pipeline: str, run_id: str, model_id: str) -> TrainFailure | None:
+    key = keys.run_failed(pipeline, run_id, model_id)
+    return store.get_record(key, TrainFailure) if store.exists(key) else None
+
+
+# -- the run record (register step) --------------------------------------------------------------------------------
+def save_results(store: Store, results: RunRecord) -> None:
+    params = results.parameters
+    store.put_record(keys.run_results(params.pipeline, params.run_id), results)
+
+
+def read_results(store: Store, pipeline: str, run_id: str) -> RunRecord | None:
     """A run's `_results.json`, or None when it wrote none (it failed before registering, or still runs)."""
-    key = results_key(pipeline, run_id)
-    return store.get_json(key) if store.exists(key) else None
+    key = keys.run_results(pipeline, run_id)
+    return store.get_record(key, RunRecord) if store.exists(key) else None
 
 
-def list_results(store: Store, pipeline: str) -> list[dict[str, Any]]:
+def has_results(store: Store, pipeline: str, run_id: str) -> bool:
+    return store.exists(keys.run_results(pipeline, run_id))
+
+
+def list_results(store: Store, pipeline: str) -> list[RunRecord]:
     """Every run's `_results.json`, newest first (by start time)."""
-    runs = [store.get_json(k) for k in store.backend.list(f"runs/{pipeline}/") if k.endswith("/_results.json")]
-    return sorted(runs, key=lambda r: r["run_summary"]["start_time"], reverse=True)
+    found = [store.get_record(k, RunRecord) for k in store.list_keys(keys.run_prefix(pipeline))
+             if keys.is_run_results(k)]
+    return sorted(found, key=lambda r: r.run_summary.start_time, reverse=True)
 
 
-def nth_run(store: Store, pipeline: str, index: int) -> dict[str, Any]:
-    runs = list_results(store, pipeline)
-    if not 0 <= index < len(runs):
-        raise NotFound(f"no run #{index} of {pipeline}: there are {len(runs)} run(s); see `trainyard list`")
-    return runs[index]
+def nth_run(store: Store, pipeline: str, index: int) -> RunRecord:
+    found = list_results(store, pipeline)
+    if not 0 <= index < len(found):
+        raise NotFound(f"no run #{index} of {pipeline}: there are {len(found)} run(s); see `trainyard list`")
+    return found[index]
 
 
-def settings_key(pipeline: str, name: str) -> str:
-    return f"pipelines/{pipeline}/{name}/settings.json"
-
-
+# -- settings a pipeline remembers per source repo -----------------------------------------------------------------
 def remembered_settings(store: Store, pipeline: str, name: str) -> dict[str, Any]:
     try:
-        return store.get_json(settings_key(pipeline, name))
+        return store.get_json(keys.pipeline_settings(pipeline, name))
     except NotFound:
         return {}
 
@@ -70,24 +96,30 @@ def remember_settings(store: Store, pipeline: str, name: str, given: dict[str, A
         merged = {**doc, **changes}
         return merged if merged != doc else None
 
-    return store.update_json(settings_key(pipeline, name), mutate, what=f"{pipeline} settings for {name}") or {}
+    return store.update_json(keys.pipeline_settings(pipeline, name), mutate,
+                             what=f"{pipeline} settings for {name}") or {}
 
 
-def waiting_key(pipeline: str, run_id: str, task_id: str, map_index: int | str) -> str:
-    """Why a step's pod waits for a node (the scheduler's reason), kept while it waits; empty once it runs."""
-    return run_prefix(pipeline, run_id) + f"waiting/{task_id}/{map_index}.json"
-
-
+# -- while a run runs: why a pod waits, and the step logs ----------------------------------------------------------
 def waiting_reasons(store: Store, pipeline: str, run_id: str) -> list[dict[str, Any]]:
     """The run's steps that wait for a node now, each {"task_id", "reason", "since"}."""
-    notes = [store.get_json(k) for k in store.backend.list(run_prefix(pipeline, run_id) + "waiting/")]
+    notes = store.list_json(keys.run_waiting_prefix(pipeline, run_id))
     return [n for n in notes if n.get("reason")]
 
 
-def log_key(pipeline: str, run_id: str, task_id: str, map_index: int | str, try_number: int | str) -> str:
-    """Where a step's log is kept while it runs and after: one object per task, map index and try."""
-    return f"logs/{pipeline}/{run_id}/{task_id}/{map_index}/{try_number}.log"
+def newest_logs(store: Store, pipeline: str, run_id: str, step: str | None = None,
+                map_index: int | None = None) -> list[tuple[str, str, int, str]]:
+    """(task, map index, try, key) of the newest try's log of each task of a run, filtered by step and map index."""
+    newest: dict[tuple[str, str], tuple[int, str]] = {}
+    for key in store.list_keys(keys.log_prefix(pipeline, run_id)):
+        task, index, tries = keys.parse_log(key, pipeline, run_id)
+        if step and task != step or map_index is not None and index != str(map_index):
+            continue
+        if (task, index) not in newest or tries > newest[(task, index)][0]:
+            newest[(task, index)] = (tries, key)
+    return [(task, index, *newest[(task, index)]) for task, index in sorted(newest)]
 
 
-def log_prefix(pipeline: str, run_id: str) -> str:
-    return f"logs/{pipeline}/{run_id}/"
+def read_log(store: Store, key: str) -> bytes:
+    """A step log found by newest_logs (it grows while the step runs)."""
+    return store.get_bytes(key)
