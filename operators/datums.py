@@ -19,7 +19,7 @@ from trainyard.datums import (
     check_combine,
     chunk,
     datum_key,
-    record_key,
+    has_record,
     transform_version,
     work_units,
 )
@@ -92,7 +92,7 @@ class PlanDatumsOperator(BaseOperator):
         version = transform_version(self.transform, code.manifest if code else None, self.code_paths)
         pipeline = context["dag"].dag_id
         pending = [name for name, unit in sorted(units.items())
-                   if not store.exists(record_key(pipeline, self.step, datum_key(unit["id"], version, self.step_params)))]
+                   if not has_record(store, pipeline, self.step, datum_key(unit["id"], version, self.step_params))]
         chunks = chunk(pending, self.max_tasks or int(config.load().max_datum_tasks)) if pending else []
         self.log.info("%s: %s datum(s) from %s (%s); %s to process in %s task(s), %s already processed",
                       self.step, len(units), ", ".join(f"{r['repo']}:{r['commit'][:5]}" for r in resolved),

@@ -41,7 +41,8 @@ def load_dag(dag_id: str):
 
 def run_pipeline(dag_id: str, conf: dict, *, quiet: bool = False, store_uri: str | None = None,
                  parse_settings: dict[str, str] | None = None) -> dict:
-    """Run the DAG once with conf; return the Airflow state and the run's `_results.json` (None if not written).
+    """Run the DAG once with conf; return its run id, Airflow state and run record (`results`, a RunRecord; None
+    when the run wrote no `_results.json`).
 
     parse_settings are trainyard settings the DAG file reads when it is parsed (e.g. parallelism, which becomes
     max_active_tis_per_dagrun); they are set as TRAINYARD_<NAME> for this run only.

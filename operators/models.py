@@ -9,7 +9,7 @@ from functools import cached_property
 from airflow.sdk import BaseOperator
 
 from operators.hooks import StoreHook
-from trainyard import contract, registry
+from trainyard import registry
 
 
 class PublishModelOperator(BaseOperator):
@@ -36,10 +36,10 @@ class PublishModelOperator(BaseOperator):
     def execute(self, context) -> dict:
         store = self.hook.get_conn()
         entry = registry.find_version(store, self.name, self.version)
-        record = store.get_json(contract.model_key(entry["model_id"]))
-        files = json.loads(store.get_blob_bytes(record["outputs"]))
+        record = registry.load_model(store, entry.model_id)
+        files = json.loads(store.get_blob_bytes(record.outputs))
         commit, created = store.commit(self.repo, files,
-                                       message=f"model {entry['model_id']} ({self.name} {entry['version']})")
-        self.log.info("model %s %s (%s) is %s%s", self.name, entry["version"], entry["model_id"], commit.ref,
+                                       message=f"model {entry.model_id} ({self.name} {entry.version})")
+        self.log.info("model %s %s (%s) is %s%s", self.name, entry.version, entry.model_id, commit.ref,
                       "" if created else ", already published")
-        return {"repo": commit.repo, "commit": commit.id, "model_id": entry["model_id"], "version": entry["version"]}
+        return {"repo": commit.repo, "commit": commit.id, "model_id": entry.model_id, "version": entry.version}

@@ -19,8 +19,9 @@ from operators.hooks import StoreHook
 from operators.pipeline import dag_defaults
 from operators.step import TrainyardStepOperator
 from trainyard import config, pps
-from trainyard.datums import chunk, datum_key, datum_label, input_datums, pfs_datum_id, record_key
+from trainyard.datums import chunk, datum_key, datum_label, has_record, input_datums, pfs_datum_id
 from trainyard.errors import TrainyardError
+from trainyard.store import keys
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class PlanPipelineOperator(BaseOperator):
         datums = {pfs_datum_id(d): d for d in input_datums(pps.datum_tree(spec.input, resolved, manifests))}
         dag_id = context["dag"].dag_id
         pending = [i for i, d in sorted(datums.items(), key=lambda kv: datum_label(kv[1]))
-                   if not store.exists(record_key(dag_id, pps.TRANSFORM_STEP, datum_key(i, self.version, {})))]
+                   if not has_record(store, dag_id, pps.TRANSFORM_STEP, datum_key(i, self.version, {}))]
         workers = min(spec.parallelism_spec.constant, int(config.load().max_datum_tasks))
         chunks = chunk(pending, workers) if pending else []
         self.log.info("%s: %s datum(s) from %s; %s to process in %s task(s), %s already processed", self.pipeline,
@@ -254,7 +255,7 @@ A commit to an input repo (an Asset event) starts a run: `plan` cuts the inputs 
 processed yet, `process` runs the transform on each (mapped over at most `parallelism_spec.constant` chunks) with
 the datum at `/pfs/<input name>/<path>` and its output in `/pfs/out`, and `collect` commits the merged output to
 the repo `{spec.name}`, which starts the pipelines that read it. A run waits (is skipped) while an upstream pipeline
-has not caught up. The spec is stored at `pps/pipelines/{spec.name}.json`; change it with
+has not caught up. The spec is stored at `{keys.pps_pipeline(spec.name)}`; change it with
 `trainyard pipeline update -f SPEC`.
 
 ```json

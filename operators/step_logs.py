@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 from airflow.sdk.log import mask_secret
 
 from operators.hooks import StoreHook
-from trainyard import runs
+from trainyard.store import keys
 from trainyard.store.versioned import Store
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class StoreLogWriter:
                 head = f"[{self._dropped} earlier line(s) dropped: the log is capped]\n" if self._dropped else ""
                 data = (head + "".join(self._lines)).encode()
                 self._dirty = False
-            self.store.backend.write(self.key, data)
+            self.store.put_bytes(self.key, data)
 
     def close(self, final_line: str | None = None) -> None:
         """Write `final_line` (if any), stop the periodic flushes and write the log one last time."""
@@ -124,7 +124,7 @@ class StoreLogCallback(KubernetesPodOperatorCallback):
 
 class StoreLogsMixin:
     """
-    Keep each try's step log in the store under `runs.log_key(...)`, for KubernetesPodOperator subclasses.
+    Keep each try's step log in the store under `keys.log(...)`, for KubernetesPodOperator subclasses.
 
     On the kubernetes runner the pod's lines come through a StoreLogCallback; the writer is closed when the pod
     finishes, fails or times out, and a kill is recorded in the log. Put it before KubernetesPodOperator in the
@@ -150,7 +150,7 @@ class StoreLogsMixin:
         run_id = context.get("run_id") if context else None
         if ti is None or not run_id or not getattr(ti, "dag_id", None):
             return None
-        key = runs.log_key(ti.dag_id, run_id, ti.task_id, getattr(ti, "map_index", -1), getattr(ti, "try_number", 1))
+        key = keys.log(ti.dag_id, run_id, ti.task_id, getattr(ti, "map_index", -1), getattr(ti, "try_number", 1))
         secrets = self.store_secrets()
         for value in secrets:
             if len(value) >= MIN_SECRET_LENGTH:

@@ -9,6 +9,7 @@ from kubernetes.client import models as k8s
 
 from operators.step import PodNotScheduled, TrainyardStepOperator
 from trainyard import config, runs
+from trainyard.records import TrainFailure
 
 # kaos bundles hard-code /pfs/data/<repo> and /pfs/hyper; in pods the train step materializes inputs there.
 PFS_ROOT = "/pfs"
@@ -49,9 +50,8 @@ class TrainStepOperator(TrainyardStepOperator):
             mid = self.combination.get("model_id")
             ti = context["ti"]
             if mid:
-                self.store_hook.get_conn().put_json(
-                    runs.failure_key(ti.dag_id, ti.run_id, mid),
-                    {"model_id": mid, "label": self.combination.get("label", ""), "error": str(exc)})
+                runs.save_failure(self.store_hook.get_conn(), ti.dag_id, ti.run_id,
+                                  TrainFailure(model_id=mid, label=self.combination.get("label", ""), error=str(exc)))
             raise
 
 

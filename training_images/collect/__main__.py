@@ -7,8 +7,9 @@ import sys
 
 from training_images.datum.inputs import add_step_arguments, load_step
 from trainyard import contract
-from trainyard.datums import datum_key, provenance_key, record_key
+from trainyard.datums import datum_key, load_record, save_provenance
 from trainyard.errors import NotFound
+from trainyard.records import Provenance, ProvenanceFile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         key = datum_key(unit["id"], version, params)
         keys[datum] = key
         try:
-            record = store.get_json(record_key(args.pipeline, args.step, key))
+            record = load_record(store, args.pipeline, args.step, key)
         except NotFound:  # the datum failed, or its task never ran
             missing.append(datum)
             continue
         prefix = datum.strip("/").replace("/", "_").replace(" ", "") + "/" if args.nest else ""
-        for rel, entry in record["outputs"].items():
+        for rel, entry in record.outputs.items():
             path = prefix + rel
             if path in merged and merged[path]["sha256"] != entry["sha256"]:
                 raise SystemExit(f"datums {origin[path]} and {datum} both wrote {path!r} with different content; "
@@ -52,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     commit, created = store.commit(args.output, merged,
                                    message=f"{args.pipeline}.{args.step} over {over} ({len(units)} datums)")
     # Which datum (and so which inputs) produced each output file: what `trainyard info --file` reads.
-    store.put_json(provenance_key(commit.repo, commit.id), {
-        "pipeline": args.pipeline, "step": args.step, "inputs": specs,
-        "files": {path: {"datum": origin[path], "key": keys[origin[path]]} for path in sorted(merged)}})
+    save_provenance(store, commit, Provenance(
+        pipeline=args.pipeline, step=args.step, inputs=specs,
+        files={path: ProvenanceFile(datum=origin[path], key=keys[origin[path]]) for path in sorted(merged)}))
     print(f"{args.output}: {commit.ref} ({len(merged)} file(s) from {len(units)} datum(s)"
           f"{'' if created else ', unchanged'})", flush=True)
     contract.write_result({"output": f"{commit.repo}:{commit.id}", "ref": commit.ref, "files": len(merged),

@@ -12,7 +12,8 @@ from pathlib import Path
 from training_images.datum.inputs import add_step_arguments, load_step
 from training_images.usercode import env_bin_for, run_streaming, user_env
 from trainyard import config, contract
-from trainyard.datums import datum_key, record_key
+from trainyard.datums import datum_key, has_record, save_record
+from trainyard.records import DatumRecord
 from trainyard.store.versioned import Store
 
 
@@ -78,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         env_bin = env_bin_for(code, args.venv_cache) if code else None
         for datum in wanted:
             key = datum_key(units[datum]["id"], version, params)
-            record = record_key(args.pipeline, args.step, key)
-            if store.exists(record):
+            if has_record(store, args.pipeline, args.step, key):
                 counts["skipped"] += 1
                 results.append({"datum": datum, "status": "skipped", "key": key})
                 continue
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             counts[outcome["status"]] += 1
             if outcome["status"] == "processed":
                 # Outputs are uploaded; the record is published last and is what later runs skip on.
-                store.put_json(record, {**outcome, "datum_id": units[datum]["id"], "code": version,
-                                        "params": params, "inputs": specs}, create_only=True)
+                save_record(store, args.pipeline, args.step, DatumRecord(
+                    **outcome, datum_id=units[datum]["id"], code=version, params=params, inputs=specs))
             results.append({k: v for k, v in outcome.items() if k != "outputs"})
     print(f"step {args.step}: {counts['processed']} processed, {counts['skipped']} skipped, "
           f"{counts['failed']} failed", flush=True)

@@ -33,9 +33,20 @@ from training_images import sandbox
 from training_images.environments import ensure_venv
 from training_images.usercode import user_env
 from trainyard import config, contract, pps
-from trainyard.datums import Datum, datum_files, datum_key, datum_label, input_datums, pfs_datum_id, provenance_key
-from trainyard.datums import record_key as datum_record_key
+from trainyard.datums import (
+    Datum,
+    datum_files,
+    datum_key,
+    datum_label,
+    has_record,
+    input_datums,
+    load_record,
+    pfs_datum_id,
+    save_provenance,
+    save_record,
+)
 from trainyard.errors import NotFound
+from trainyard.records import DatumRecord, DatumStats, PpsJob, Provenance, ProvenanceFile
 from trainyard.store import parse_ref
 from trainyard.store.versioned import Commit, Store
 
@@ -406,7 +417,7 @@ def process(args: argparse.Namespace) -> int:
 
 
 def _processed(store: Store, job: Job, datum_id: str) -> bool:
-    return store.exists(datum_record_key(job.dag_id, pps.TRANSFORM_STEP, datum_key(datum_id, job.version, {})))
+    return has_record(store, job.dag_id, pps.TRANSFORM_STEP, datum_key(datum_id, job.version, {}))
 
 
 def record_outcome(store: Store, job: Job, datum_id: str, datum: Datum, outcome: dict, counts: dict,
@@ -414,19 +425,17 @@ def record_outcome(store: Store, job: Job, datum_id: str, datum: Datum, outcome:
     """Publish a processed datum's record (last: later runs skip on it) or note its failure; keep its stats."""
     counts[outcome["status"]] += 1
     if outcome["status"] == "processed":
-        key = datum_key(datum_id, job.version, {})
-        store.put_json(datum_record_key(job.dag_id, pps.TRANSFORM_STEP, key),
-                       {"datum": datum_label(datum), "datum_id": datum_id, "key": key, "code": job.version,
-                        "inputs": _parts(datum), **{k: outcome[k] for k in ("outputs", "attempts", "seconds", "log")}},
-                       create_only=True)
+        save_record(store, job.dag_id, pps.TRANSFORM_STEP, DatumRecord(
+            datum=datum_label(datum), datum_id=datum_id, key=datum_key(datum_id, job.version, {}), code=job.version,
+            inputs=_parts(datum), **{k: outcome[k] for k in ("outputs", "attempts", "seconds", "log")}))
     else:
         failures.append({"datum": datum_label(datum), "error": outcome["error"], "attempts": outcome["attempts"]})
     if job.spec.enable_stats:
-        store.put_json(pps.stats_key(job.name, job.job_id, datum_id), {
-            "schema_version": 1, "pipeline": job.name, "job": job.job_id, "datum": datum_id,
-            "label": datum_label(datum), "state": "success" if outcome["status"] == "processed" else "failed",
-            "inputs": _parts(datum), "time": time.time(), "files": len(outcome.get("outputs", {})),
-            **{k: v for k, v in outcome.items() if k not in ("status", "outputs")}})
+        timing = {k: v for k, v in outcome.items() if k not in ("status", "outputs")}
+        pps.save_datum_stats(store, DatumStats(
+            pipeline=job.name, job=job.job_id, datum=datum_id, label=datum_label(datum),
+            state="success" if outcome["status"] == "processed" else "failed", inputs=_parts(datum), time=time.time(),
+            files=len(outcome.get("outputs", {})), **timing))
 
 
 def _report(job: Job, counts: dict, failures: list) -> int:
@@ -545,11 +554,11 @@ def collect(args: argparse.Namespace) -> int:
     for datum_id, datum in sorted(job.datums.items(), key=lambda kv: datum_label(kv[1])):
         key = datum_key(datum_id, job.version, {})
         try:
-            record = store.get_json(datum_record_key(job.dag_id, pps.TRANSFORM_STEP, key))
+            record = load_record(store, job.dag_id, pps.TRANSFORM_STEP, key)
         except NotFound:  # the datum failed, or its task never ran
             missing.append(datum_label(datum))
             continue
-        for rel, entry in record["outputs"].items():
+        for rel, entry in record.outputs.items():
             if rel in merged and merged[rel]["sha256"] != entry["sha256"]:
                 raise SystemExit(f"datums {origin[rel][0]} and {datum_label(datum)} both wrote /pfs/out/{rel} with "
                                  "different content; each datum must write its own paths (e.g. name outputs after "
@@ -565,19 +574,17 @@ def collect(args: argparse.Namespace) -> int:
     if merged:
         commit, _ = store.commit(job.name, merged, message=f"pipeline {job.name} job {job.job_id} over {over} "
                                                            f"({len(job.datums)} datums)")
-        store.put_json(provenance_key(commit.repo, commit.id), {
-            "pipeline": job.dag_id, "step": pps.TRANSFORM_STEP, "inputs": [i for i in job.inputs if i.get("commit")],
-            "files": {path: {"datum": origin[path][0], "key": origin[path][1]} for path in sorted(merged)}})
+        save_provenance(store, commit, Provenance(
+            pipeline=job.dag_id, step=pps.TRANSFORM_STEP, inputs=[i for i in job.inputs if i.get("commit")],
+            files={path: ProvenanceFile(datum=origin[path][0], key=origin[path][1]) for path in sorted(merged)}))
         print(f"{job.name}: {commit.ref} ({len(merged)} file(s) from {len(job.datums)} datum(s)"
               f"{'' if commit.id != before else ', unchanged'})", flush=True)
     else:
         print(f"{job.name}: {len(job.datums)} datum(s) wrote nothing to /pfs/out; no commit", flush=True)
     changed = commit is not None and commit.id != before
-    record = {"schema_version": 1, "pipeline": job.name, "job": job.job_id, "inputs": job.inputs,
-              "output": commit.id if commit else None, "changed": changed, "datums": len(job.datums),
-              "files": len(merged), "version": job.version, "time": time.time()}
-    store.put_json(pps.job_key(job.name, job.job_id), record)
-    store.put_json(pps.state_key(job.name), record)
+    pps.save_job(store, PpsJob(pipeline=job.name, job=job.job_id, inputs=job.inputs,
+                               output=commit.id if commit else None, changed=changed, datums=len(job.datums),
+                               files=len(merged), version=job.version, time=time.time()))
     contract.write_result({"output": f"{commit.repo}:{commit.id}" if commit else "", "changed": changed,
                            "files": len(merged), "datums": len(job.datums)})
     return 0

@@ -15,6 +15,7 @@ from training_images.usercode import env_bin_for, run_streaming, user_env
 from trainyard import config, contract, runs
 from trainyard.archives import ArchiveError, ArchiveLimits, unpack_archives
 from trainyard.bundles import PARAMS_FILES, static_params
+from trainyard.records import TrainedModel, TrainFailure
 from trainyard.store import parse_ref
 
 
@@ -50,9 +51,9 @@ def _user_env(work: Path, source_dir: Path, data_dir: Path, out_dir: Path, param
 def _saves_training_data(store, pipeline: str) -> bool:
     """Whether this run keeps its training data (`--save-training-data`), as its plan recorded it."""
     run_id = os.environ.get("TRAINYARD_RUN_ID")
-    if not run_id or not store.exists(runs.plan_key(pipeline, run_id)):
+    if not run_id or not runs.has_plan(store, pipeline, run_id):
         return False  # the step run by hand, outside a pipeline run
-    return bool(store.get_json(runs.plan_key(pipeline, run_id)).get("save_training_data"))
+    return runs.load_plan(store, pipeline, run_id).save_training_data
 
 
 def _aicenter_env(source_dir: Path, params: dict) -> dict[str, str]:
@@ -134,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         log_sha = store.put_blob_bytes(log_path.read_bytes())
         if code != 0:
             print(f"training failed with exit code {code}; last lines:\n" + "\n".join(tail), file=sys.stderr)
-            _record(store, args, mid, {"model_id": mid, "label": args.label, "exit_code": code, "log": log_sha,
-                                       "error": tail[-1] if tail else f"exit code {code}", "tail": tail})
+            _record(store, args, TrainFailure(model_id=mid, label=args.label, exit_code=code, log=log_sha,
+                                              error=tail[-1] if tail else f"exit code {code}", tail=tail))
             return code or 1
         try:
             metrics = contract.read_metrics(out_dir / "metrics")
         except ValueError as exc:
-            _record(store, args, mid, {"model_id": mid, "label": args.label, "log": log_sha, "error": str(exc)})
+            _record(store, args, TrainFailure(model_id=mid, label=args.label, log=log_sha, error=str(exc)))
             raise SystemExit(str(exc)) from None
         outputs = {p.relative_to(out_dir).as_posix(): p for p in sorted(out_dir.rglob("*")) if p.is_file()}
         if not any(rel.startswith("model/") for rel in outputs):
@@ -150,25 +151,26 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"metrics: {json.dumps(metrics, sort_keys=True)}", flush=True)
     artifacts = sorted(rel for rel in report.manifest if rel.startswith("artifacts/"))
-    trained = {
-        "model_id": mid, "label": args.label, "source": source.ref, "source_id": source.id, "data": data.ref,
-        "data_id": data.id, "params": params, "params_hash": contract.params_hash(params), "metrics": metrics,
-        "outputs": outputs_sha, "log": log_sha, "train_seconds": round(duration, 3), "artifacts": artifacts,
-        "env": f"venv:{env_bin.parent.name}" if env_bin else "image", "env_parameters": env_parameters,
-        "task_id": os.environ.get("TRAINYARD_TASK_ID", "train"), "map_index": os.environ.get("TRAINYARD_MAP_INDEX"),
-    }
+    trained = TrainedModel(
+        model_id=mid, label=args.label, source=source.ref, source_id=source.id, data=data.ref, data_id=data.id,
+        params=params, params_hash=contract.params_hash(params), metrics=metrics, outputs=outputs_sha, log=log_sha,
+        train_seconds=round(duration, 3), artifacts=artifacts,
+        env=f"venv:{env_bin.parent.name}" if env_bin else "image", env_parameters=env_parameters,
+        task_id=os.environ.get("TRAINYARD_TASK_ID", "train"),
+        map_index=os.environ.get("TRAINYARD_MAP_INDEX"),
+    )
     # Outputs are uploaded; this record lets the register step publish the model even if XComs are lost.
-    _record(store, args, mid, trained, failed=False)
-    contract.write_result(trained)
+    _record(store, args, trained)
+    contract.write_result(trained.to_json())
     return 0
 
 
-def _record(store, args, mid: str, record: dict, *, failed: bool = True) -> None:
+def _record(store, args, outcome: TrainedModel | TrainFailure) -> None:
+    """The combination's outcome, for the register step (a step run by hand, outside a run, records nothing)."""
     run_id = os.environ.get("TRAINYARD_RUN_ID")
-    if not run_id:
-        return
-    key = (runs.failure_key if failed else runs.trained_key)(args.pipeline, run_id, mid)
-    store.put_json(key, record)
+    if run_id:
+        save = runs.save_trained if isinstance(outcome, TrainedModel) else runs.save_failure
+        save(store, args.pipeline, run_id, outcome)
 
 
 if __name__ == "__main__":
