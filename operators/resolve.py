@@ -11,7 +11,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from operators.hooks import StoreHook
-from trainyard import config, contract, runs
+from trainyard import config, contract, registry, runs
 from trainyard.bundles import static_params
 from trainyard.errors import TrainyardError
 from trainyard.grids import combination_label, expand_grid
@@ -129,7 +129,7 @@ class ResolveInputsOperator(BaseOperator):
             merged = {**params, **hyper}
             mid = contract.model_id(source.id, data.id, merged)
             label = combination_label(hyper)
-            cached = not no_cache and store.exists(contract.model_key(mid))
+            cached = not no_cache and registry.has_model(store, mid)
             planned.append({"index": index, "label": label, "hyper": hyper, "params": merged, "model_id": mid,
                             "cached": cached})
             if cached:
@@ -149,7 +149,7 @@ class ResolveInputsOperator(BaseOperator):
             "save_training_data": bool(options.get("save_training_data")),
             "runner": settings.runner, "combinations": planned,
         }
-        store.put_json(runs.plan_key(pipeline, run_id), plan)
+        runs.save_plan(store, plan)
         summary = {k: plan[k] for k in ("source", "data", "name", "image", "resources", "timeout", "metric")}
         context["ti"].xcom_push(key="plan", value=summary | {
             "source_short": source.ref, "data_short": data.ref, "to_train": len(to_train),

@@ -24,10 +24,11 @@ from kubernetes.client import models as k8s
 
 from operators.gpus import gpu_lease, local_gpus
 from operators.step_logs import KILLED_LINE, StepKilled, StoreLogsMixin, StoreLogWriter
-from trainyard import config, contract, runs
+from trainyard import config, contract
 from trainyard.errors import ConfigError, ResourceError
 from trainyard.k8s import InvalidPodSpec, check_pod
 from trainyard.resources import Resources, cpu_cores, memory_bytes
+from trainyard.store import keys
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # How long a stopped step gets to exit after SIGTERM before SIGKILL; below the 5 s the Airflow supervisor gives the
@@ -265,7 +266,7 @@ class PodStepMixin:
         ti = getattr(self, "_ti_for_waiting", None)
         if ti is None:
             return None
-        return runs.waiting_key(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1))
+        return keys.run_waiting(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1))
 
     def _report_waiting(self, reason: str) -> None:
         self.log.warning("pod of %s is waiting: %s", self.task_id, reason)

@@ -15,6 +15,7 @@ from trainyard.display import format_metric
 from trainyard.errors import ConfigError
 from trainyard.grids import validate_grid
 from trainyard.metrics import parse_spec
+from trainyard.records import RunModel, RunRecord
 from trainyard.resources import Resources
 from trainyard.store.versioned import Store
 
@@ -160,36 +161,35 @@ def _deploy_to_server(client, conf: dict, store: Store, wait: bool, as_json: boo
 
 def _report_run(run: dict, result: dict, as_json: bool) -> int:
     """The run's models, failures and registered version; exit 1 unless every combination trained."""
-    results = run["results"]
+    results: RunRecord | None = run["results"]
     result.update({"run_id": run["run_id"], "airflow_state": run["state"]})
     if results is None:
         result["state"] = "failed"
         emit(result, as_json, f"run {run['run_id']} failed before it registered anything (see the task log above)")
         return 1
-    summary = results["run_summary"]
-    best = summary["outputs"]["best"] or {}
-    best_model = next((m for m in results["models"] if m["model_id"] == best.get("model_id")), {})
-    result.update({"state": summary["state"], "cached": summary["cached"], "metric": summary["metric"],
-                   "model_id": best.get("model_id"), "metrics": best_model.get("metrics", {}),
-                   "version": summary["outputs"]["registry"], "models": results["models"],
-                   "failures": summary["outputs"]["failures"]})
+    summary = results.run_summary
+    best, version = results.best, summary.outputs.registry
+    result.update({"state": summary.state, "cached": summary.cached, "metric": summary.metric,
+                   "model_id": best and best.model_id, "metrics": best.metrics if best else {},
+                   "version": version and version.model_dump(mode="json"),
+                   "models": [m.model_dump(mode="json") for m in results.models],
+                   "failures": [f.model_dump(mode="json") for f in results.failures]})
     if as_json:
         emit(result, True, None)
     else:
-        print_models(results["models"], summary["metric"])
-        for failure in summary["outputs"]["failures"]:
-            print(f"FAILED {failure['label']}: {failure['error']}")
-        version = summary["outputs"]["registry"]
-        print(f"run {run['run_id']} {summary['state']}"
-              + (f"  best {best.get('model_id')}" if best else "")
-              + (f"  registered {version['name']} {version['version']}" if version else "")
-              + ("  (cache hit: nothing trained)" if summary["cached"] else ""))
-    return 0 if summary["state"] == "success" else 1
+        print_models(results.models, summary.metric)
+        for failure in results.failures:
+            print(f"FAILED {failure.label}: {failure.error}")
+        print(f"run {run['run_id']} {summary.state}"
+              + (f"  best {best.model_id}" if best else "")
+              + (f"  registered {version.name} {version.version}" if version else "")
+              + ("  (cache hit: nothing trained)" if summary.cached else ""))
+    return 0 if summary.state == "success" else 1
 
 
-def print_models(models: list[dict], spec: str | None) -> None:
+def print_models(models: list[RunModel], spec: str | None) -> None:
     name = spec.split(":")[0] if spec else None
-    rows = [{"": "*" if m.get("best") else "", "model_id": m["model_id"], "params": m["label"],
-             (name or "metric"): format_metric(m.get("metrics", {}), name), "cached": "yes" if m["cached"] else ""}
+    rows = [{"": "*" if m.best else "", "model_id": m.model_id, "params": m.label,
+             (name or "metric"): format_metric(m.metrics, name), "cached": "yes" if m.cached else ""}
             for m in models]
     print_table(rows, ["", "model_id", "params", name or "metric", "cached"])

@@ -9,7 +9,6 @@ import typer
 
 from trainyard import registry
 from trainyard.cli.context import Session
-from trainyard.cli.lookup import find_model
 from trainyard.cli.options import App
 from trainyard.cli.output import emit, print_json, print_table
 from trainyard.display import format_metric, format_time
@@ -32,20 +31,20 @@ def models(session: Session, name: Annotated[str | None, typer.Argument(
         names = registry.names_in(store)
         emit(names, session.json, "\n".join(names) or "(none)")
         return 0
-    doc = registry.load(store, name)
+    entry = registry.load(store, name)
     if session.json:
-        print_json(doc)
+        print_json(entry.to_json())
         return 0
-    spec = doc.get("metric")
+    spec = entry.metric
     metric = spec.split(":")[0] if spec else None
     aliases: dict[str, list[str]] = {}
-    for alias, version in doc["aliases"].items():
+    for alias, version in entry.aliases.items():
         aliases.setdefault(version, []).append(alias)
-    rows = [{"version": v["version"], "aliases": ",".join(aliases.get(v["version"], [])), "model_id": v["model_id"],
-             (metric or "metric"): format_metric(v["metrics"], metric), "models": len(v["models"]),
-             "run_id": v["run_id"], "registered": format_time(v["registered_at"])}
-            for v in reversed(doc["versions"])]
-    print(f"{doc['name']}: {len(doc['versions'])} version(s); best by {spec or 'no metric yet'}")
+    rows = [{"version": v.version, "aliases": ",".join(aliases.get(v.version, [])), "model_id": v.model_id,
+             (metric or "metric"): format_metric(v.metrics, metric), "models": len(v.models), "run_id": v.run_id,
+             "registered": format_time(v.registered_at)}
+            for v in reversed(entry.versions)]
+    print(f"{entry.name}: {len(entry.versions)} version(s); best by {spec or 'no metric yet'}")
     print_table(rows, ["version", "aliases", "model_id", metric or "metric", "models", "run_id", "registered"])
     return 0
 
@@ -53,34 +52,32 @@ def models(session: Session, name: Annotated[str | None, typer.Argument(
 def model_info(session: Session, model: str) -> int:
     """`info --model`: one model's record, its registry versions and lineage."""
     store = session.store
-    record = find_model(store, model)
-    versions = registry.versions_of_model(store, record["name"], record["model_id"])
+    record = registry.find_model(store, model)
+    versions = registry.versions_of_model(store, record.name, record.model_id)
     if session.json:
-        print_json(record | {"versions": versions})
+        print_json(record.to_json() | {"versions": versions})
         return 0
-    lin = record["lineage"]
-    airflow = lin["airflow"]
-    parent = lin.get("parent") or {}
-    print(f"model     {record['model_id']}  ({record['name']}"
-          f"{', version ' + ', '.join(versions) if versions else ''})")
-    for side in ("source", "data"):
-        commit = lin[side]
-        print(f"{side:<9} {commit['repo']}:{commit['commit'][:5]}  {commit['author']}  {format_time(commit['time'])}  "
-              f"{commit['message']}")
-    print(f"params    {json.dumps(record['params'], sort_keys=True)}  (hash {lin['params_hash'][:12]})")
-    print(f"env       {record['env']}")
-    print(f"airflow   dag {airflow['dag_id']}  run {airflow['run_id']}  task {airflow['task_id']}"
-          + (f"  map {airflow.get('map_index')} ({airflow.get('label')})" if airflow.get("map_index") else ""))
-    print(f"parent    {parent.get('name', record['name'])} {parent['version']} ({parent['model_id']})"
+    lin = record.lineage
+    airflow = lin.airflow
+    parent = lin.parent
+    print(f"model     {record.model_id}  ({record.name}{', version ' + ', '.join(versions) if versions else ''})")
+    for side, commit in (("source", lin.source), ("data", lin.data)):
+        print(f"{side:<9} {commit.repo}:{commit.commit[:5]}  {commit.author}  {format_time(commit.time)}  "
+              f"{commit.message}")
+    print(f"params    {json.dumps(record.params, sort_keys=True)}  (hash {lin.params_hash[:12]})")
+    print(f"env       {record.env}")
+    print(f"airflow   dag {airflow.dag_id}  run {airflow.run_id}  task {airflow.task_id}"
+          + (f"  map {airflow.map_index} ({airflow.label})" if airflow.map_index else ""))
+    print(f"parent    {parent.name or record.name} {parent.version} ({parent.model_id})"
           if parent else "parent    none (first version of this model)")
-    print(f"trained   {record.get('train_seconds', 0):.1f} s")
+    print(f"trained   {record.train_seconds or 0:.1f} s")
     print("metrics")
-    for name, value in sorted(record["metrics"].items()):
+    for name, value in sorted(record.metrics.items()):
         shown = f"{value:.6g}" if is_number(value) else "(text) " + str(value).strip().splitlines()[0][:60]
         print(f"  {name:<24} {shown}")
-    if record.get("artifacts"):
+    if record.artifacts:
         print("artifacts")
-        for rel in record["artifacts"]:
+        for rel in record.artifacts:
             print(f"  {rel}")
     return 0
 
@@ -92,25 +89,24 @@ def lineage(session: Session, model: ModelArgument,
     if dot and session.json:
         raise ConfigError("give one of --dot (a Graphviz graph) or --json")
     store = session.store
-    record = find_model(store, model)
-    lin = record["lineage"]
+    record = registry.find_model(store, model)
+    lin = record.lineage
     nodes = {
-        "source": f"source {lin['source']['repo']}:{lin['source']['commit'][:12]}\n{lin['source']['message'][:40]}",
-        "data": f"data {lin['data']['repo']}:{lin['data']['commit'][:12]}\n{lin['data']['message'][:40]}",
-        "params": "params " + lin["params_hash"][:12] + "\n"
-                  + ", ".join(f"{k}={v}" for k, v in sorted(record["params"].items()))[:60],
-        "env": f"env {record['env']}",
-        "run": f"airflow run {lin['airflow']['run_id']}\ntask {lin['airflow']['task_id']}"
-               + (f"[{lin['airflow']['map_index']}]" if lin['airflow'].get('map_index') else ""),
-        "model": f"model {record['model_id']}",
+        "source": f"source {lin.source.repo}:{lin.source.commit[:12]}\n{lin.source.message[:40]}",
+        "data": f"data {lin.data.repo}:{lin.data.commit[:12]}\n{lin.data.message[:40]}",
+        "params": "params " + lin.params_hash[:12] + "\n"
+                  + ", ".join(f"{k}={v}" for k, v in sorted(record.params.items()))[:60],
+        "env": f"env {record.env}",
+        "run": f"airflow run {lin.airflow.run_id}\ntask {lin.airflow.task_id}"
+               + (f"[{lin.airflow.map_index}]" if lin.airflow.map_index else ""),
+        "model": f"model {record.model_id}",
     }
     edges = [("source", "model"), ("data", "model"), ("params", "model"), ("env", "model"), ("run", "model")]
-    for version in registry.versions_of_model(store, record["name"], record["model_id"]):
-        nodes[f"v{version}"] = f"{record['name']} {version}"
+    for version in registry.versions_of_model(store, record.name, record.model_id):
+        nodes[f"v{version}"] = f"{record.name} {version}"
         edges.append(("model", f"v{version}"))
-    parent = lin.get("parent")
-    if parent:
-        nodes["parent"] = f"{record['name']} {parent['version']}\n{parent['model_id']}"
+    if lin.parent:
+        nodes["parent"] = f"{record.name} {lin.parent.version}\n{lin.parent.model_id}"
         edges.append(("parent", "model"))
     if dot:
         print("digraph lineage {\n  rankdir=LR;\n  node [shape=box, fontname=Helvetica];")
@@ -136,12 +132,12 @@ def get(session: Session,
                                             help="directory to write the model's files into")]) -> int:
     """Download a model with its metrics, log and lineage."""
     store = session.store
-    record = find_model(store, model)
-    manifest = json.loads(store.get_blob_bytes(record["outputs"]))
+    record = registry.find_model(store, model)
+    manifest = json.loads(store.get_blob_bytes(record.outputs))
     out = Path(output)
     store.materialize(manifest, out, quiet=session.json)
-    (out / "lineage.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-    (out / "train.log").write_bytes(store.get_blob_bytes(record["log"]))
-    emit({"model_id": record["model_id"], "path": str(out), "files": sorted(manifest)}, session.json,
-         f"model {record['model_id']} written to {out}")
+    (out / "lineage.json").write_text(json.dumps(record.to_json(), indent=2, sort_keys=True))
+    (out / "train.log").write_bytes(store.get_blob_bytes(record.log))
+    emit({"model_id": record.model_id, "path": str(out), "files": sorted(manifest)}, session.json,
+         f"model {record.model_id} written to {out}")
     return 0

@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from trainyard.cli.context import Session, embedded_airflow_env
-from trainyard.cli.lookup import datum_stats
 from trainyard.cli.options import EXIT_CODES_EPILOG, App, keep_global_options
 from trainyard.cli.output import emit, print_json, print_table, say, stdout_to_stderr
 from trainyard.display import format_time
@@ -116,23 +115,23 @@ def datums(session: Session, name: Annotated[str, typer.Argument(metavar="NAME",
     store = session.store
     record = pps.get_pipeline(store, name)
     if not job:
-        try:
-            job = store.get_json(pps.state_key(name))["job"]
-        except NotFound:
+        last = pps.last_job(store, name)
+        if last is None:
             raise NotFound(f"pipeline {name} has not finished a job yet; see `trainyard logs --pipeline "
-                           f"{pps.dag_id(name)} --run-id ID`") from None
-    stats = datum_stats(store, name, job)
+                           f"{pps.dag_id(name)} --run-id ID`")
+        job = last.job
+    stats = pps.datum_stats(store, name, job)
     if not stats and not record.parsed.enable_stats:
         raise NotFound(f"pipeline {name} keeps no per-datum stats: set \"enable_stats\": true in its spec and "
                        "`trainyard pipeline update -f SPEC`")
     if session.json:
-        print_json(stats)
+        print_json([s.to_json() for s in stats])
         return 0
     print(f"pipeline {name}  job {job}  {len(stats)} datum(s) processed or failed in it")
-    print_table([{"datum": s["datum"][:12], "files": s["label"][:60], "state": s["state"],
-                  "attempts": s["attempts"], "total": f"{s['seconds']:.2f}s",
-                  "download": f"{s.get('download_seconds', 0):.2f}s", "process": f"{s.get('process_seconds', 0):.2f}s",
-                  "upload": f"{s.get('upload_seconds', 0):.2f}s"} for s in stats],
+    print_table([{"datum": s.datum[:12], "files": s.label[:60], "state": s.state, "attempts": s.attempts,
+                  "total": f"{s.seconds:.2f}s", "download": f"{s.download_seconds or 0:.2f}s",
+                  "process": f"{s.process_seconds or 0:.2f}s", "upload": f"{s.upload_seconds or 0:.2f}s"}
+                 for s in stats],
                 ["datum", "files", "state", "attempts", "total", "download", "process", "upload"])
     return 0
 
@@ -213,7 +212,7 @@ def _pipeline_row(store: Store, record) -> dict:
 
     spec = record.parsed
     note = ""
-    if store.branch_head(spec.name) and not store.exists(pps.state_key(spec.name)):
+    if store.branch_head(spec.name) and pps.last_job(store, spec.name) is None:
         note = (f"repo {spec.name} already has commits that pipeline {spec.name} did not make; its commits will "
                 "go on top of them")
     return {"name": spec.name, "dag": spec.dag_id, "input": pps.describe_input(spec.input), "output": spec.name,

@@ -10,13 +10,13 @@ import typer
 
 from trainyard import remote, runs
 from trainyard.cli.context import Session, json_object_arg
-from trainyard.cli.lookup import newest_logs, read_log
 from trainyard.cli.models import model_info
 from trainyard.cli.options import EXIT_CODES_EPILOG, App, IndexOption, PipelineOption, RunIdOption, WaitOption
 from trainyard.cli.output import duration, emit, print_json, print_table, say
 from trainyard.display import format_metric, format_time
 from trainyard.errors import ConfigError, NotFound
 from trainyard.metrics import available, default_metric, is_number, rank
+from trainyard.records import RunRecord
 from trainyard.store.versioned import Store
 
 app = App()
@@ -29,12 +29,12 @@ def _one_of(**given) -> None:
         raise ConfigError(f"give only one of {', '.join(given)}; got {' and '.join(named)}")
 
 
-def _unfinished_runs(session: Session, pipeline: str, recorded: list[dict]) -> list[dict]:
+def _unfinished_runs(session: Session, pipeline: str, recorded: list[RunRecord]) -> list[dict]:
     """Server mode: the pipeline's runs on Airflow that have no results yet (queued, running, failed early)."""
     server = session.server()
     if server is None:
         return []
-    known = {r["parameters"]["run_id"] for r in recorded}
+    known = {r.run_id for r in recorded}
     rows = []
     for run in server.runs(pipeline):
         if run["dag_run_id"] in known:
@@ -54,18 +54,17 @@ def list_runs(session: Session, pipeline: PipelineOption = "train_pipeline",
     results = runs.list_results(session.store, pipeline)[: limit or None]
     pending = _unfinished_runs(session, pipeline, results)
     if session.json:
-        print_json(results + [{"run_id": r["run_id"], "state": r["state"], "pending": True, "note": r["note"]}
-                              for r in pending])
+        print_json([r.to_json() for r in results]
+                   + [{"run_id": r["run_id"], "state": r["state"], "pending": True, "note": r["note"]} for r in pending])
         return 0
     rows = list(pending)
     for i, r in enumerate(results):
-        summary = r["run_summary"]
-        best = summary["outputs"]["best"] or {}
-        score = f"{summary['metric'].split(':')[0]}={best['value']:.4g}" if is_number(best.get("value")) else ""
-        rows.append({"#": i, "run_id": r["parameters"]["run_id"], "state": summary["state"],
-                     "started": format_time(summary["start_time"]), "duration": duration(summary["execution_time"]),
-                     "cached": "yes" if summary["cached"] else "", "models": len(r["models"]),
-                     "best": best.get("model_id", ""), "score": score})
+        summary = r.run_summary
+        best = summary.outputs.best
+        score = f"{summary.metric.split(':')[0]}={best.value:.4g}" if best and is_number(best.value) else ""
+        rows.append({"#": i, "run_id": r.run_id, "state": summary.state, "started": format_time(summary.start_time),
+                     "duration": duration(summary.execution_time), "cached": "yes" if summary.cached else "",
+                     "models": len(r.models), "best": best.model_id if best else "", "score": score})
     columns = ["#", "run_id", "state", "started", "duration", "cached", "models", "best", "score"]
     print_table(rows, columns + (["note"] if any(r.get("note") for r in rows) else []))
     return 0
@@ -101,29 +100,28 @@ def info(
         raise ConfigError("give --model ID, -i N (a run number from `trainyard list`, 0 is the newest) or "
                           "--file REPO:PATH")
     run = runs.nth_run(store, pipeline, index)
-    models = run["models"]
-    spec = sort or run["run_summary"]["metric"] or (default_metric(models[0]["metrics"]) if models else None)
+    models = run.models
+    spec = sort or run.run_summary.metric or (default_metric(models[0].metrics) if models else None)
     names = available(models)
     if spec:
         ranked, unranked, name, direction = rank(models, spec)
     else:
         ranked, unranked, name, direction = [], models, None, None
     if session.json:
-        print_json({"run_id": run["parameters"]["run_id"], "state": run["run_summary"]["state"], "metric": name,
-                    "direction": direction, "available_metrics": names, "models": ranked + unranked,
-                    "failures": run["run_summary"]["outputs"]["failures"]})
+        print_json({"run_id": run.run_id, "state": run.state, "metric": name, "direction": direction,
+                    "available_metrics": names, "models": [m.model_dump(mode="json") for m in ranked + unranked],
+                    "failures": [f.model_dump(mode="json") for f in run.failures]})
         return 0
-    summary = run["run_summary"]
-    inputs = run["parameters"]["inputs"]
-    print(f"run #{index}  {run['parameters']['run_id']}  {summary['state']}  "
-          f"{duration(summary['execution_time'])}  source {_short(inputs['source'])}  data {_short(inputs['data'])}")
+    inputs = run.parameters.inputs
+    print(f"run #{index}  {run.run_id}  {run.state}  {duration(run.run_summary.execution_time)}  "
+          f"source {_short(inputs.source)}  data {_short(inputs.data)}")
     header = f"{name} ({'higher' if direction == 'max' else 'lower'} is better)" if name else "metric"
-    rows = [{"": "*" if m.get("best") else "", "model_id": m["model_id"], "params": m["label"],
-             header: format_metric(m["metrics"], name), "cached": "yes" if m["cached"] else ""}
+    rows = [{"": "*" if m.best else "", "model_id": m.model_id, "params": m.label,
+             header: format_metric(m.metrics, name), "cached": "yes" if m.cached else ""}
             for m in ranked + unranked]
     print_table(rows, ["", "model_id", "params", header, "cached"])
-    for failure in summary["outputs"]["failures"]:
-        print(f"FAILED {failure['label']}: {failure['error']}")
+    for failure in run.failures:
+        print(f"FAILED {failure.label}: {failure.error}")
     print(f"available metrics: {', '.join(names) or 'none'}")
     return 0
 
@@ -135,7 +133,7 @@ def _short(ref: str) -> str:
 
 def _file_info(session: Session, file: str, ref: str) -> int:
     """What produced a file of a datum step's output repo: the step, the datum and each input commit."""
-    from trainyard.datums import provenance_key, record_key
+    from trainyard.datums import load_provenance, load_record
 
     store = session.store
     repo, _, path = file.partition(":")
@@ -145,22 +143,21 @@ def _file_info(session: Session, file: str, ref: str) -> int:
     if path not in commit.manifest:
         raise NotFound(f"{path!r} is not in {commit.ref}; list its files with `trainyard data inspect {repo}`")
     try:
-        provenance = store.get_json(provenance_key(commit.repo, commit.id))
+        provenance = load_provenance(store, commit)
     except NotFound:
         raise NotFound(f"{commit.ref} was not written by a datum step, so it records no provenance; "
                        f"see `trainyard data inspect {commit.ref}`") from None
-    origin = provenance["files"][path]
-    record = store.get_json(record_key(provenance["pipeline"], provenance["step"], origin["key"]))
-    inputs = [{**spec, "message": store.get_commit(spec["repo"], spec["commit"]).message}
-              for spec in record.get("inputs", provenance["inputs"])]
+    origin = provenance.files[path]
+    record = load_record(store, provenance.pipeline, provenance.step, origin.key)
+    inputs = [{**spec.model_dump(mode="json"), "message": store.get_commit(spec.repo, spec.commit).message}
+              for spec in (record.inputs if record.inputs is not None else provenance.inputs)]
     if session.json:
-        print_json({"file": path, "commit": commit.id, "pipeline": provenance["pipeline"], "step": provenance["step"],
-                    "datum": origin["datum"], "inputs": inputs, "seconds": record.get("seconds"),
-                    "attempts": record.get("attempts")})
+        print_json({"file": path, "commit": commit.id, "pipeline": provenance.pipeline, "step": provenance.step,
+                    "datum": origin.datum, "inputs": inputs, "seconds": record.seconds, "attempts": record.attempts})
         return 0
     print(f"file      {commit.repo}:{path}  (commit {commit.short})")
-    print(f"made by   {provenance['pipeline']}.{provenance['step']}  datum {origin['datum']}  "
-          f"{record.get('seconds', 0):.2f} s, {record.get('attempts', 1)} attempt(s)")
+    print(f"made by   {provenance.pipeline}.{provenance.step}  datum {origin.datum}  "
+          f"{record.seconds or 0:.2f} s, {record.attempts} attempt(s)")
     for spec in inputs:
         print(f"input     {spec['name']}: {spec['repo']}:{spec['commit'][:5]}  {spec['message']}")
     return 0
@@ -184,18 +181,18 @@ def logs(
     Default: every step of the newest run. The logs are written while the steps run, so they outlive pods."""
     _one_of(**{"-i/--index": index, "--run-id": run_id})
     store = session.store
-    run_id = run_id or runs.nth_run(store, pipeline, index or 0)["parameters"]["run_id"]
+    run_id = run_id or runs.nth_run(store, pipeline, index or 0).run_id
     shown: dict[str, int] = {}
     chunks: list[dict] = []
     quiet_rounds = 0
     while True:
-        found = newest_logs(store, pipeline, run_id, step, map_index)
+        found = runs.newest_logs(store, pipeline, run_id, step, map_index)
         if not found and not follow:
             raise NotFound(f"no logs for run {run_id} of {pipeline}" + (f" step {step}" if step else "")
                            + "; see `trainyard list`")
         grew = False
         for task, map_at, tries, key in found:
-            data = read_log(store, key)
+            data = runs.read_log(store, key)
             if len(data) <= shown.get(key, 0):
                 continue
             text = data[shown.get(key, 0):].decode(errors="replace")
@@ -226,7 +223,7 @@ def _run_finished(session: Session, store: Store, pipeline: str, run_id: str) ->
     server = session.server()
     if server is not None:
         return server.run(pipeline, run_id)["state"] in remote.TERMINAL_RUN_STATES
-    return store.exists(runs.results_key(pipeline, run_id))
+    return runs.has_results(store, pipeline, run_id)
 
 
 def _server_or_refuse(session: Session, what: str, locally: str):
