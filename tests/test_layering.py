@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import REPO
 
@@ -38,3 +40,55 @@ def test_every_module_opens_with_a_docstring():
                for p in sorted((REPO / root).rglob("*.py")) if ast.get_docstring(ast.parse(p.read_text())) is None
                and p.read_text().strip()]
     assert missing == []
+
+
+SOURCE_DIRS = ("trainyard", "operators", "training_images", "plugins", "dags")
+# The store's top-level key prefixes; only trainyard/store/keys.py may spell them.
+KEY_PREFIXES = ("blobs/", "repos/", "runs/", "logs/", "models/", "registry/", "pipelines/", "datums/", "provenance/",
+                "pps/")
+# A prefix at the start of a string, or after a space, quote or backtick (not inside a URI like trainyard://repos/).
+_KEY_LITERAL = re.compile(r"(?:^|[\s`'\"(])(?:" + "|".join(re.escape(p) for p in KEY_PREFIXES) + ")")
+
+
+def _source_files():
+    for root in SOURCE_DIRS:
+        yield from sorted((REPO / root).rglob("*.py"))
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the string constants that are docstrings (a bare string statement), which may describe the layout."""
+    return {id(node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)}
+
+
+def test_nothing_outside_the_store_package_touches_a_store_backend():
+    offenders = []
+    for path in _source_files():
+        rel = path.relative_to(REPO)
+        if rel.parts[:2] == ("trainyard", "store"):
+            continue
+        offenders += [f"{rel}:{node.lineno}" for node in ast.walk(ast.parse(path.read_text()))
+                      if isinstance(node, ast.Attribute) and node.attr == "backend"]
+    assert offenders == []
+
+
+def test_only_the_key_module_spells_store_keys():
+    from trainyard.store import keys
+
+    assert set(KEY_PREFIXES) == set(keys.PREFIXES)
+    offenders = []
+    for path in _source_files():
+        rel = path.relative_to(REPO)
+        if rel == Path("trainyard/store/keys.py"):
+            continue
+        tree = ast.parse(path.read_text())
+        docs = _docstrings(tree)
+        for node in ast.walk(tree):
+            pieces = []
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+                pieces = [node.value]
+            elif isinstance(node, ast.JoinedStr):
+                pieces = [v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)]
+            offenders += [f"{rel}:{node.lineno}: {piece[:60]!r}" for piece in pieces
+                          if _KEY_LITERAL.search(piece) or "_results.json" in piece]
+    assert offenders == []

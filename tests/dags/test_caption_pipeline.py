@@ -60,8 +60,8 @@ def test_caption_pipeline_processes_only_new_datums(airflow_db, tmp_path, monkey
         assert (plan["datums"], plan["pending"], plan["tasks"]) == (20, 20, 4), step
     assert len(store.resolve("images").manifest) == 100  # one image per line, under its datum's folder
     assert len(store.resolve("consolidated").manifest) == 20  # one dataset per joined datum
-    (model,) = first["results"]["models"]
-    assert model["metrics"]["exact_match"] > model["metrics"]["chance_exact_match"] + 0.3
+    (model,) = first["results"].models
+    assert model.metrics["exact_match"] > model.metrics["chance_exact_match"] + 0.3
 
     captions.write_text("\n".join(tsv[:105]) + "\n")  # 5 more lines: one new datum
     put_file(store, "rawdata", captions, split="line", target_file_datums=5)
@@ -71,8 +71,8 @@ def test_caption_pipeline_processes_only_new_datums(airflow_db, tmp_path, monkey
         plan = _plan(second["run_id"], f"{step}_plan")
         assert (plan["datums"], plan["pending"], plan["skipped"]) == (21, 1, 20), step
     assert len(store.resolve("images").manifest) == 105
-    (retrained,) = second["results"]["models"]
-    assert retrained["model_id"] != model["model_id"]  # new consolidated data, new model
+    (retrained,) = second["results"].models
+    assert retrained.model_id != model.model_id  # new consolidated data, new model
 
     # predict: a committed image crossed with the latest model gives its caption, with the model in its lineage
     from trainyard.cli import main
@@ -93,5 +93,5 @@ def test_caption_pipeline_processes_only_new_datums(airflow_db, tmp_path, monkey
     lineage = json.loads(capsys.readouterr().out)
     assert (lineage["pipeline"], lineage["step"]) == ("predict", "predict")
     model_input = next(i for i in lineage["inputs"] if i["name"] == "model")
-    latest = second["results"]["models"][0]["model_id"]
+    latest = second["results"].models[0].model_id
     assert model_input["message"] == f"model {latest} (captioning 1.1)"

@@ -111,11 +111,11 @@ def test_the_kubeflow_lstm_example_end_to_end(airflow_db, tmp_path, capsys, monk
     conf = {"learning_rate": 0.005, "epochs": 3}
     first = run_pipeline("lstm_pipeline", conf, store_uri=uri)
     assert first["state"] == "success"
-    (model,) = first["results"]["models"]
-    assert model["params"]["learning_rate"] == 0.005 and model["metrics"]["learning_rate"] == 0.005
-    assert first["results"]["parameters"]["inputs"]["params"]["learning_rate"] == [0.005]
+    (model,) = first["results"].models
+    assert model.params["learning_rate"] == 0.005 and model.metrics["learning_rate"] == 0.005
+    assert first["results"].parameters.inputs.params["learning_rate"] == [0.005]
     again = run_pipeline("lstm_pipeline", conf, store_uri=uri)
-    assert again["results"]["models"][0]["model_id"] == model["model_id"]
-    assert again["results"]["models"][0]["cached"] is False  # the pipeline declares cache off: it trained again
+    assert again["results"].models[0].model_id == model.model_id
+    assert again["results"].models[0].cached is False  # the pipeline declares cache off: it trained again
     store = open_store(uri)
     assert list(store.backend.list(f"runs/lstm_pipeline/{again['run_id']}/trained/"))

@@ -82,7 +82,7 @@ def test_the_captioning_specs_match_caption_pipeline_and_predict_through_the_cro
     put_file(reference, "rawdata", captions, split="line", target_file_datums=5)
     expected = run_pipeline("caption_pipeline", {}, store_uri=reference_uri)
     assert expected["state"] == "success"
-    (trained,) = expected["results"]["models"]
+    (trained,) = expected["results"].models
 
     # the same tutorial as five Pachyderm specs: create them, then a put of 20 datums starts the chain by itself
     uri = f"file://{tmp_path / 'store'}"
@@ -105,10 +105,10 @@ def test_the_captioning_specs_match_caption_pipeline_and_predict_through_the_cro
     # the model is caption_pipeline's: same consolidated data (the same commit id), same scores
     assert store.resolve("consolidate").id == reference.resolve("consolidated").id
     metrics = _json(store, "model", "metrics/metrics.json")
-    print(f"pps model {metrics} vs caption_pipeline {trained['metrics']}")
-    assert metrics["exact_match"] == trained["metrics"]["exact_match"]
+    print(f"pps model {metrics} vs caption_pipeline {trained.metrics}")
+    assert metrics["exact_match"] == trained.metrics["exact_match"]
     assert {k: v for k, v in metrics.items() if k != "train_seconds"} == \
-        {k: v for k, v in trained["metrics"].items() if k != "train_seconds"}
+        {k: v for k, v in trained.metrics.items() if k != "train_seconds"}
     assert metrics["exact_match"] > metrics["chance_exact_match"] + 0.3
 
     # predict: a put into inpredict, then `airflow dags test pps_predict` crosses it with the model repo

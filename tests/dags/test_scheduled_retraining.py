@@ -168,21 +168,21 @@ def test_scheduled_runs_retrain_latest_and_skip_training_when_nothing_changed(ai
             run = run_pipeline("train_pipeline", {}, quiet=True)
         assert run["state"] == "success", run
         assert run["run_id"].startswith("scheduled__") and _run_type(run["run_id"]) == "scheduled"
-        assert run["results"]["parameters"]["inputs"]["params"] == {}  # no conf: no grid, params.json as it is
+        assert run["results"].parameters.inputs.params == {}  # no conf: no grid, params.json as it is
         # Still one registry version: the first run added it, the cache hit adds none.
         assert [v["version"] for v in store.get_json("registry/mnist.json")["versions"]] == ["1.0"]
         return run
 
     first = scheduled_run()
-    (model,) = first["results"]["models"]
-    assert model["cached"] is False and model["metrics"]["accuracy_test"] >= 0.9
+    (model,) = first["results"].models
+    assert model.cached is False and model.metrics["accuracy_test"] >= 0.9
     assert list(store.backend.list(f"runs/train_pipeline/{first['run_id']}/trained/"))
-    src, data = model["model_id"].split(":")[0].split("_")
+    src, data = model.model_id.split(":")[0].split("_")
     assert deployed["source"].startswith(src) and deployed["data"].startswith(data)  # the latest commits
 
     # Nothing changed: a cache hit. Nothing is built or trained, and the model is the same.
     again = scheduled_run()
-    assert again["results"]["run_summary"]["cached"] is True
-    assert [m["model_id"] for m in again["results"]["models"]] == [model["model_id"]]
-    assert all(m["cached"] for m in again["results"]["models"])
+    assert again["results"].run_summary.cached is True
+    assert [m.model_id for m in again["results"].models] == [model.model_id]
+    assert all(m.cached for m in again["results"].models)
     assert not list(store.backend.list(f"runs/train_pipeline/{again['run_id']}/trained/"))

@@ -66,8 +66,8 @@ def test_mnist_trains_end_to_end_on_s3(airflow_db, s3_bucket, capsys, monkeypatc
     keys = [o["Key"] for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
             for o in page.get("Contents", [])]
     assert all(k.startswith("team-a/") for k in keys)
-    (model,) = result["results"]["models"]
-    src_data, params = model["model_id"].split(":")
+    (model,) = result["results"].models
+    src_data, params = model.model_id.split(":")
     assert f"team-a/models/{src_data}/{params}.json" in keys
     assert f"team-a/runs/train_pipeline/{result['run_id']}/_results.json" in keys
     assert "team-a/registry/mnist.json" in keys

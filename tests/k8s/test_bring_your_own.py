@@ -87,4 +87,4 @@ def test_an_ai_center_package_without_a_dockerfile_gets_the_default_image(k8s_pr
     assert main(["get", "--model", model["model_id"], "-o", str(got)]) == 0
     assert "n_estimators=10" in (got / "artifacts" / "my-training-artifact.txt").read_text()
     results = runs.read_results(store, "train_pipeline", run_id)
-    assert results["run_summary"]["outputs"]["package"] == "irises"
+    assert results.run_summary.outputs.package == "irises"

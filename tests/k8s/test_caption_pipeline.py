@@ -65,8 +65,8 @@ def test_datum_steps_run_as_pods_and_a_new_datum_is_all_a_rerun_processes(cluste
     assert "/trainyard/steps:" in images["images"] and "/captioning:" in images["features"]
     assert len(store.resolve("consolidated").manifest) == 20
     results = runs.read_results(store, "caption_pipeline", first)
-    (model,) = results["models"]
-    assert model["metrics"]["exact_match"] > model["metrics"]["chance_exact_match"] + 0.3
+    (model,) = results.models
+    assert model.metrics["exact_match"] > model.metrics["chance_exact_match"] + 0.3
 
     captions.write_text("\n".join(tsv[:105]) + "\n")  # 5 more lines: one new datum
     put_file(store, "rawdata", captions, split="line", target_file_datums=5)

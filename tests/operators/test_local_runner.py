@@ -17,8 +17,7 @@ from airflow.sdk import DAG
 from operators import TrainyardStepOperator
 from operators.step import KILL_GRACE_SECONDS, GpuUnavailable, StepKilled, local_gpu_count
 from operators.step_logs import KILLED_LINE
-from trainyard import runs
-from trainyard.store import open_store
+from trainyard.store import keys, open_store
 
 without_gpus = pytest.mark.skipif(local_gpu_count() > 0, reason="this machine has a GPU; the refusal cannot happen")
 
@@ -83,7 +82,7 @@ def test_a_step_past_its_timeout_is_stopped_with_its_children(tmp_path):
     assert tail == ["started"] and code != 0
     # the whole process group went, not just the step's own process
     assert all(_wait(lambda pid=int(pid): _gone(pid), 2) for pid in pids.read_text().split())
-    log = open_store(f"file://{tmp_path / 'store'}").backend.read(runs.log_key("local", "manual__1", "train", -1, 1))
+    log = open_store(f"file://{tmp_path / 'store'}").backend.read(keys.log("local", "manual__1", "train", -1, 1))
     assert log.decode() == "started\nstopped: the step ran past its timeout of 2 s\n"
 
 
@@ -131,7 +130,7 @@ def test_on_kill_stops_a_running_step_and_its_children(tmp_path, child_ignores_s
 
     error = outcome.get("error")
     assert isinstance(error, StepKilled) and "stopped: the task was killed" in str(error)
-    log = open_store(f"file://{tmp_path / 'store'}").backend.read(runs.log_key("local", "manual__1", "train", -1, 1))
+    log = open_store(f"file://{tmp_path / 'store'}").backend.read(keys.log("local", "manual__1", "train", -1, 1))
     assert log.decode().startswith("child up\nstarted\n" if child_ignores_sigterm else "started\n")
     assert log.decode().endswith(f"\n{KILLED_LINE}\n")
 
@@ -183,5 +182,5 @@ except Exception as exc:
     assert proc.returncode == 1 and time.monotonic() - began < KILL_GRACE_SECONDS + 5, out
     assert "task failed: step 'train' stopped: the task was killed" in out
     assert all(_wait(lambda pid=int(pid): _gone(pid), 2) for pid in pids.read_text().split())
-    log = open_store(f"file://{tmp_path / 'store'}").backend.read(runs.log_key("local", "manual__1", "train", -1, 1))
+    log = open_store(f"file://{tmp_path / 'store'}").backend.read(keys.log("local", "manual__1", "train", -1, 1))
     assert log.decode() == f"started\n{KILLED_LINE}\n"

@@ -21,7 +21,7 @@ from tests.conftest import REPO
 from training_images.sandbox import pfs_support
 from trainyard import pps
 from trainyard.cli import main
-from trainyard.store import open_store
+from trainyard.store import keys, open_store
 
 JOINS = {"pipeline": {"name": "joins"},
          "input": {"join": [{"pfs": {"repo": "readings", "branch": "master", "glob": "/*/(*).txt", "join_on": "$1"}},
@@ -237,7 +237,7 @@ def test_a_put_runs_the_chain_incrementally_and_a_downstream_pipeline_waits_for_
     # a new word: upper processes one datum; count (crossing upper with words) sees both new commits at once
     (tmp_path / "w3.txt").write_text("word 3\n")
     assert main(["data", "put", "words", str(tmp_path / "w3.txt")]) == 0
-    jobs = {d["pipeline"]: d for d in (store.get_json(pps.state_key(n)) for n in ("upper", "count"))}
+    jobs = {d["pipeline"]: d for d in (store.get_json(keys.pps_state(n)) for n in ("upper", "count"))}
     plan = _xcom("pps_upper", jobs["upper"]["job"], "plan")
     assert (plan["datums"], plan["pending"], plan["skipped"], plan["tasks"]) == (4, 1, 3, 1)
     assert store.get_blob_bytes(store.resolve("count").manifest["lines"]["sha256"]).strip() == b"7"

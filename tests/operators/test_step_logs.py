@@ -22,8 +22,7 @@ from kubernetes.client import models as k8s
 
 from operators import ImageBuildOperator, TrainyardStepOperator
 from operators.step_logs import KILLED_LINE, StepKilled, StoreLogWriter
-from trainyard import runs
-from trainyard.store import open_store
+from trainyard.store import keys, open_store
 
 RUN_ID = "manual__2026-11-22T10:00:00+00:00"
 PLANTED_SECRET = "planted-secret-must-not-appear"
@@ -212,7 +211,7 @@ def _wait_for(predicate, seconds: float = 10.0) -> bool:
 def test_pod_log_lines_are_in_the_store_while_the_pod_runs(k8s_env, store_dir):
     api = FakeCoreV1Api(["epoch 1 loss=0.5", "epoch 2 loss=0.4", "done"], hold_before=2)
     task = _train(api, store_dir)
-    key = runs.log_key("pods", RUN_ID, "train", 3, 1)
+    key = keys.log("pods", RUN_ID, "train", 3, 1)
     thread, outcome = _start(task, map_index=3)
 
     # PodManager hands a line on when the next one starts; with the pod paused on its third line, the first is
@@ -233,7 +232,7 @@ def test_a_failing_pod_leaves_its_log_in_the_store(k8s_env, store_dir):
     thread, outcome = _start(_train(api, store_dir))
     thread.join(30)
     assert isinstance(outcome.get("error"), AirflowException) and "returned a failure" in str(outcome["error"])
-    log = _read(store_dir, runs.log_key("pods", RUN_ID, "train", -1, 1))
+    log = _read(store_dir, keys.log("pods", RUN_ID, "train", -1, 1))
     assert log.endswith("Traceback (most recent call last):\nValueError: bad kernel 'nonsense'\n")
     assert api.deleted == [api.created["metadata"]["name"]]
 
@@ -249,7 +248,7 @@ def test_the_image_build_logs_under_the_build_step(k8s_env, store_dir):
     thread, outcome = _start(_on_cluster(task, api, store_dir))
     thread.join(30)
     assert "error" not in outcome, outcome
-    log = _read(store_dir, runs.log_key("train_pipeline", RUN_ID, "build", -1, 1))
+    log = _read(store_dir, keys.log("train_pipeline", RUN_ID, "build", -1, 1))
     assert log == ("STEP 1/7: FROM python:3.11-slim\n"
                    "built and pushed registry.local:5000/mnist:325ad5966d9d\n")
     assert api.deleted == [api.created["metadata"]["name"]]
@@ -263,7 +262,7 @@ def test_store_credentials_printed_by_a_step_are_redacted(k8s_env, store_dir, mo
     thread, outcome = _start(_train(api, store_dir))
     thread.join(30)
     assert "error" not in outcome, outcome
-    log = _read(store_dir, runs.log_key("pods", RUN_ID, "train", -1, 1))
+    log = _read(store_dir, keys.log("pods", RUN_ID, "train", -1, 1))
     assert log == ("AWS_SECRET_ACCESS_KEY=***\nAWS_ACCESS_KEY_ID=***\ntoken *** in the middle\n"
                    "AWS_DEFAULT_REGION=us-east-1\n")
     assert not any(s in log for s in (PLANTED_SECRET, "AKIAPLANTEDKEYID0001", "planted-session-token"))
@@ -281,7 +280,7 @@ def test_the_credentials_of_an_s3_store_are_redacted_in_its_own_logs(s3_bucket, 
     thread.join(30)
     assert "error" not in outcome, outcome
     store = open_store(f"s3://{s3_bucket}/store")
-    log = store.backend.read(runs.log_key("pods", RUN_ID, "train", -1, 1)).decode()
+    log = store.backend.read(keys.log("pods", RUN_ID, "train", -1, 1)).decode()
     assert log == "env: AWS_SECRET_ACCESS_KEY=*** AWS_ACCESS_KEY_ID=***\n"
 
 
@@ -289,7 +288,7 @@ def test_on_kill_deletes_the_running_pod_and_the_log_says_it_was_killed(k8s_env,
     api = FakeCoreV1Api(["epoch 1", "epoch 2", "epoch 3"], hold_before=2)
     task = _train(api, store_dir)
     assert (task.on_finish_action.value, task.on_kill_action.value) == ("delete_pod", "delete_pod")
-    key = runs.log_key("pods", RUN_ID, "train", -1, 1)
+    key = keys.log("pods", RUN_ID, "train", -1, 1)
     thread, outcome = _start(task)
     assert _wait_for(lambda: "epoch 1\n" in _read(store_dir, key))
     task.on_kill()  # what the task's SIGTERM handler calls when the run is marked failed (`trainyard kill`)

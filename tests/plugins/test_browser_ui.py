@@ -149,6 +149,6 @@ def test_trigger_from_the_ui_form_and_find_the_model_on_the_trainyard_page(airfl
     row = frame.locator("tr.model-version").filter(has=frame.locator("a.run-link", has_text=run_id))
     shown = row.first.get_attribute("data-model-id")
     store = open_store(airflow_server.store_uri)  # the AWS_* env of _upload_mnist reaches the moto bucket
-    results = store.get_json(runs.results_key("train_pipeline", run_id))
-    assert shown == results["run_summary"]["outputs"]["best"]["model_id"]
-    assert results["run_summary"]["metric"] == "accuracy_training:max"
+    results = runs.read_results(store, "train_pipeline", run_id)
+    assert shown == results.run_summary.outputs.best.model_id
+    assert results.run_summary.metric == "accuracy_training:max"

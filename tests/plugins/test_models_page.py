@@ -10,8 +10,8 @@ from html.parser import HTMLParser
 import pytest
 
 from tests.conftest import REPO
-from trainyard import contract, registry, runs
-from trainyard.store import open_store
+from trainyard import contract, registry
+from trainyard.store import keys, open_store
 
 PIPELINE = "train_pipeline"
 RUNS = ["manual__2026-01-01T00:00:00+00:00", "manual__2026-01-02T00:00:00+00:00", "scheduled__2026-01-03T00:00:00"]
@@ -37,12 +37,12 @@ def _register_run(store, run_id: str, source: str, data: str, trained: list[tupl
         label = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
         combos.append({"index": index, "label": label, "hyper": params, "params": params, "model_id": mid,
                        "cached": False})
-        store.put_json(runs.trained_key(PIPELINE, run_id, mid), {
+        store.put_json(keys.run_trained(PIPELINE, run_id, mid), {
             "model_id": mid, "label": label, "source": source, "data": data, "params": params,
             "params_hash": contract.params_hash(params), "metrics": metrics, "outputs": "0" * 64, "log": "0" * 64,
             "train_seconds": 1.5, "artifacts": [], "env": "venv:0123abcd", "task_id": "train",
             "map_index": str(index)})
-    store.put_json(runs.plan_key(PIPELINE, run_id), {
+    store.put_json(keys.run_plan(PIPELINE, run_id), {
         "pipeline": PIPELINE, "run_id": run_id, "start_time": 1767225600.0, "source": source, "data": data,
         "name": source.split(":")[0], "image": "registry.local:5000/mnist:0", "timeout": None,
         "resources": {"cpu": "1", "memory": "2Gi", "gpu": 0}, "metric": "accuracy:max",
@@ -250,7 +250,8 @@ def test_the_detail_page_sorts_versions_by_any_metric_direction_aware(api, token
 
 def test_bad_sorts_are_explained(api, token):
     unknown = _get(api, token, "/trainyard/models/mnist?sort=f1", 400)
-    assert "unknown metric &#x27;f1&#x27;; available: accuracy, loss" in unknown.text
+    assert _Elements(unknown.text).select("p", id="error")[0]["text"] == "unknown metric 'f1'; available: accuracy, loss"
+    assert "'f1'" not in unknown.text  # quotes are escaped too
     assert _get(api, token, "/trainyard/?sort=acc%20uracy", 400).status_code == 400
     assert "available: accuracy, loss" in _get(api, token, "/trainyard/api/models/mnist?sort=f1", 400).json()["detail"]
     # On the index a metric one model lacks leaves that model in its own order.
@@ -292,7 +293,9 @@ def test_user_controlled_strings_are_escaped(api, token):
     for text in (index, detail, hostile):
         assert "<img" not in text and "<script>alert" not in text
     assert "&lt;img src=x onerror=alert(1)&gt;" in index
-    assert "first cut &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; more" in detail
+    assert "first cut &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; more" in detail
+    source = _Elements(detail).select("dd", "source")[-1]["text"]
+    assert HOSTILE_MESSAGE in source  # shown as written
     assert _Elements(hostile).select("h1")[0]["text"] == HOSTILE_NAME
     assert "the model record is missing from the store" in hostile
     assert 'href="/dags/train_pipeline/runs/r%3C1%3E"' in hostile
@@ -300,6 +303,6 @@ def test_user_controlled_strings_are_escaped(api, token):
 
 def test_an_unknown_model_is_a_clear_404(api, token):
     page = _get(api, token, "/trainyard/models/nope", 404)
-    assert "no registered model named &#x27;nope&#x27;; registered: " in page.text
+    assert "no registered model named &#39;nope&#39;; registered: " in page.text
     assert "mnist" in _Elements(page.text).select("p", id="error")[0]["text"]
     assert "no registered model named 'nope'" in _get(api, token, "/trainyard/api/models/nope", 404).json()["detail"]

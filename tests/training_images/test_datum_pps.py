@@ -15,7 +15,7 @@ from training_images.datum import pps as step
 from training_images.sandbox import pfs_support
 from trainyard import pps
 from trainyard.datums import datum_label, input_datums, pfs_datum_id
-from trainyard.store import open_store
+from trainyard.store import keys, open_store
 
 OK, REASON = pfs_support()
 pytestmark = pytest.mark.skipif(not OK, reason=f"the /pfs view needs bubblewrap: {REASON}")
@@ -88,7 +88,7 @@ def test_group_datums_see_their_files_under_pfs_and_outputs_merge(store, tmp_pat
     assert out["patientID3.env"].split() == ["hello", "from", "the", "spec", head, datums[label], "job-1"]
     assert _result(tmp_path) == {"output": f"group:{store.branch_head('group')}", "changed": True, "files": 6,
                                  "datums": 3}
-    job = store.get_json(pps.state_key("group"))
+    job = store.get_json(keys.pps_state("group"))
     assert (job["job"], job["inputs"][0]["commit"], job["output"]) == ("job-1", head, store.branch_head("group"))
 
     # incremental: every datum already has its record, so nothing runs again

@@ -7,6 +7,7 @@ import json
 from tests.training_images.test_steps import run_step
 from trainyard import runs
 from trainyard.bundles import DataBundle, SourceBundle, deploy_bundle
+from trainyard.records import PlanResources, RunPlan
 from trainyard.store import open_store
 
 # A package that reports the environment its train() saw; AI Center packages read their parameters this way.
@@ -57,7 +58,10 @@ def test_params_become_environment_variables_except_reserved_names(tmp_path):
 
 def test_save_training_data_comes_from_the_run(tmp_path):
     uri, store, source, dataset = _deploy(tmp_path)
-    store.put_json(runs.plan_key("train_pipeline", "run-1"), {"save_training_data": True})
+    runs.save_plan(store, RunPlan(
+        pipeline="train_pipeline", run_id="run-1", start_time=0.0, source=f"envpkg:{source.id}",
+        data=f"rows:{dataset.id}", name="envpkg", image="unused", resources=PlanResources(cpu="1", memory="1Gi"),
+        save_training_data=True))
     proc, result = run_step("train", ["--source", f"envpkg:{source.id}", "--data", f"rows:{dataset.id}"], uri,
                             tmp_path, {"TRAINYARD_RUN_ID": "run-1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr

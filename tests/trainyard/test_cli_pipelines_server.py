@@ -18,6 +18,7 @@ from tests.conftest import REPO
 from training_images.sandbox import pfs_support
 from trainyard import config, pps
 from trainyard.cli import _open_store, main
+from trainyard.store import keys
 
 CAPTIONING = REPO / "templates" / "captioning"
 PIPELINES = ("images", "features", "consolidate", "model", "predict")
@@ -85,8 +86,8 @@ def test_the_captioning_specs_run_on_the_server_started_by_data_commits(airflow_
 
         def model_trained_on_this_put():
             try:
-                state = store.get_json(pps.state_key("model"))
-                consolidate = store.get_json(pps.state_key("consolidate"))
+                state = store.get_json(keys.pps_state("model"))
+                consolidate = store.get_json(keys.pps_state("consolidate"))
             except Exception:  # noqa: BLE001 - not there yet
                 return None
             rawdata = {i["repo"]: i["commit"] for i in consolidate["inputs"]}.get("rawdata")
@@ -105,7 +106,7 @@ def test_the_captioning_specs_run_on_the_server_started_by_data_commits(airflow_
             kinds = {r["run_type"] for r in client.runs(pps.dag_id(name))}
             assert kinds == {"asset_triggered"}, (name, kinds)
             assert any(r["state"] == "success" for r in client.runs(pps.dag_id(name)))
-        images_job = store.get_json(pps.state_key("images"))
+        images_job = store.get_json(keys.pps_state("images"))
         assert images_job["inputs"][0]["commit"] == put["commit"] and images_job["datums"] == 20
 
         # predict: a put into inpredict gives <image>.png.txt through the cross with the model repo

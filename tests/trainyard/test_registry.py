@@ -17,22 +17,22 @@ def _add(store, mid, acc, run, **kwargs):
 
 def test_versions_aliases_and_major_bumps(store):
     first, created = _add(store, "m1", 0.90, "r1")
-    assert (first["version"], created, first["parent"]) == ("1.0", True, None)
-    assert _add(store, "m2", 0.97, "r2")[0]["version"] == "1.1"
+    assert (first.version, created, first.parent) == ("1.0", True, None)
+    assert _add(store, "m2", 0.97, "r2")[0].version == "1.1"
     third, _ = _add(store, "m3", 0.93, "r3")
-    assert (third["version"], third["parent"], third["parent_model_id"]) == ("1.2", "1.1", "m2")
+    assert (third.version, third.parent, third.parent_model_id) == ("1.2", "1.1", "m2")
     doc = registry.load(store, "mnist")
-    assert doc["aliases"] == {"latest": "1.2", "best": "1.1"}
-    assert registry.find_version(store, "mnist", "best")["model_id"] == "m2"
-    assert _add(store, "m4", 0.5, "r4", major=True)[0]["version"] == "2.0"
-    assert registry.find_version(store, "mnist", "latest")["version"] == "2.0"
+    assert doc.aliases == {"latest": "1.2", "best": "1.1"}
+    assert registry.find_version(store, "mnist", "best").model_id == "m2"
+    assert _add(store, "m4", 0.5, "r4", major=True)[0].version == "2.0"
+    assert registry.find_version(store, "mnist", "latest").version == "2.0"
 
 
 def test_a_run_that_reuses_the_latest_model_adds_no_version(store):
     _add(store, "m1", 0.9, "r1")
     entry, created = _add(store, "m1", 0.9, "r2")
-    assert (entry["version"], created) == ("1.0", False)
-    assert len(registry.load(store, "mnist")["versions"]) == 1
+    assert (entry.version, created) == ("1.0", False)
+    assert len(registry.load(store, "mnist").versions) == 1
 
 
 def test_concurrent_registrations_each_get_their_own_version(store):
@@ -41,9 +41,9 @@ def test_concurrent_registrations_each_get_their_own_version(store):
         t.start()
     for t in threads:
         t.join()
-    versions = [v["version"] for v in registry.load(store, "mnist")["versions"]]
+    versions = [v.version for v in registry.load(store, "mnist").versions]
     assert sorted(versions, key=lambda v: int(v.split(".")[1])) == [f"1.{i}" for i in range(6)]
-    assert registry.find_version(store, "mnist", "best")["model_id"] == "m5"
+    assert registry.find_version(store, "mnist", "best").model_id == "m5"
 
 
 def test_unknown_names_and_versions_are_clear(store):
