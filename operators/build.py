@@ -67,10 +67,10 @@ class ImageBuildOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kuberne
                  memory_limit: str | None = None, cache: bool | str | None = None, timeout: int | str | None = None,
                  skip_reason: str = "", labels: dict[str, str] | None = None, runner: str | None = None,
                  store_uri: str | None = None, **kwargs) -> None:
-        settings = config.load(runner=runner, store=store_uri).validate()
-        self._init_options(settings, cpu=cpu, memory=memory, cpu_limit=cpu_limit, memory_limit=memory_limit,
-                           timeout=timeout, skip_reason=skip_reason, cache=cache)
-        self.store_uri = settings.store
+        self._init_options(cpu=cpu, memory=memory, cpu_limit=cpu_limit, memory_limit=memory_limit, timeout=timeout,
+                           skip_reason=skip_reason, cache=cache)
+        self.runner = runner
+        self.store_uri = store_uri
         self.source = source
         self.destination = destination
         self.registry_secret = registry_secret
@@ -81,7 +81,7 @@ class ImageBuildOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kuberne
             cmds=["python3", "-m", "training_images.imagebuild"],
             labels={"trainyard.io/step": "build", **(labels or {})},
             do_xcom_push=False,
-            **self.pod_defaults(settings, kwargs),
+            **self.pod_defaults(kwargs),
         )
         self.remember_scheduling()
 
@@ -112,7 +112,7 @@ class ImageBuildOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kuberne
         ]
         arguments = ["--workspace", WORKSPACE, "--destination", self.destination,
                      "--cache", "true" if self.use_cache() else "false"]
-        if settings.flag("registry_insecure"):
+        if settings.registry_insecure:
             arguments.append("--insecure")
         if settings.docker_hub_mirror:
             arguments += ["--docker-hub-mirror", settings.docker_hub_mirror]
@@ -124,6 +124,7 @@ class ImageBuildOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kuberne
 
     def build_pod_request_obj(self, context=None, *, dry_run: bool = False) -> k8s.V1Pod:
         parts = self.pod_parts()
+        self.apply_pod_settings()
         self.image = parts["image"]
         self.init_containers = [parts["init"]]
         self.volumes = parts["volumes"]
@@ -137,7 +138,7 @@ class ImageBuildOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kuberne
 
     @cached_property
     def _tag_exists(self) -> bool | None:
-        return image_exists(self.destination, insecure=self.settings.flag("registry_insecure"))
+        return image_exists(self.destination, insecure=self.settings.registry_insecure)
 
     def execute(self, context):
         self.check_options()
@@ -152,7 +153,7 @@ class ImageBuildOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kuberne
 
 def build_step(*, source: str, image: str, **kwargs):
     """The build task for the configured runner: a buildah pod on Kubernetes, a cached virtualenv locally."""
-    if config.load().runner == "kubernetes":
+    if config.load().on_kubernetes:
         return ImageBuildOperator(source=source, destination=image, **kwargs)
     return TrainyardStepOperator(step="build", arguments=["--source", source], **kwargs)
 

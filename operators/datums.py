@@ -93,13 +93,14 @@ class PlanDatumsOperator(BaseOperator):
         pipeline = context["dag"].dag_id
         pending = [name for name, unit in sorted(units.items())
                    if not has_record(store, pipeline, self.step, datum_key(unit["id"], version, self.step_params))]
-        chunks = chunk(pending, self.max_tasks or int(config.load().max_datum_tasks)) if pending else []
+        settings = config.load(store=self.store_uri)
+        chunks = chunk(pending, self.max_tasks or settings.max_datum_tasks) if pending else []
         self.log.info("%s: %s datum(s) from %s (%s); %s to process in %s task(s), %s already processed",
                       self.step, len(units), ", ".join(f"{r['repo']}:{r['commit'][:5]}" for r in resolved),
                       self.combine, len(pending), len(chunks), len(units) - len(pending))
         # On Kubernetes a transform runs in its code repo's image, built once per code commit (the build step
         # skips a tag that exists); builtin transforms run in the steps image.
-        image = f"{config.load().registry}/{code.repo}:{code.id[:12]}" if code else ""
+        image = f"{settings.registry}/{code.repo}:{code.id[:12]}" if code else ""
         context["ti"].xcom_push(key="plan", value={
             "inputs": resolved, "code": f"{code.repo}:{code.id}" if code else "", "code_version": version,
             "image": image,
@@ -166,11 +167,12 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
     image and cmds (e.g. a Pachyderm transform.image) apply to the mapped datum tasks only, over the code repo's
     built image; plan and collect are trainyard's own steps and keep the steps image.
     """
+    settings = config.load().checked()  # a runner and store that cannot work together fail the DAG's parse
     plan = PlanDatumsOperator(task_id=f"{step}_plan", step=step, inputs=inputs, combine=combine,
                               code_repo=code_repo, code_ref=code_ref, transform=transform, step_params=step_params,
                               code_paths=code_paths, max_tasks=max_tasks)
     build, in_image = None, {}
-    if config.load().runner == "kubernetes" and code_repo and not transform.startswith("builtin:"):
+    if settings.on_kubernetes and code_repo and not transform.startswith("builtin:"):
         # The transform needs its code repo's dependencies: it runs in the image built from that repo's commit.
         planned = f"ti.xcom_pull(task_ids='{plan.task_id}', key='plan')"
         build = build_step(task_id=f"{step}_build", source=f"{{{{ {planned}['code'] }}}}",
@@ -180,7 +182,7 @@ def datum_step(step: str, *, inputs: list[dict[str, str]], transform: str, outpu
     mapped = DatumStepOperator.partial(
         task_id=step, plan_task=plan.task_id, step_name=step, combine=combine, transform=transform,
         step_params=step_params,
-        attempts=attempts, max_active_tis_per_dagrun=parallelism or int(config.load().parallelism),
+        attempts=attempts, max_active_tis_per_dagrun=parallelism or settings.parallelism,
         map_index_template="{{ task.chunk['label'] }}",
         **{**in_image, **({"image": image} if image else {}), **({"cmds": list(cmds)} if cmds else {}),
            **step_options},

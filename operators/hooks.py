@@ -24,9 +24,21 @@ class StoreHook(BaseHook):
 
     def __init__(self, *, store_uri: str | None = None, store_conn_id: str | None = None) -> None:
         super().__init__()
-        settings = config.load(store=store_uri, store_conn_id=store_conn_id)
-        self.store_uri = settings.store
-        self.store_conn_id = settings.store_conn_id
+        self._store_uri = store_uri
+        self._store_conn_id = store_conn_id
+
+    @cached_property
+    def settings(self) -> config.Settings:
+        """`[trainyard]` settings under this hook's own arguments, read when the store is first used."""
+        return config.load(store=self._store_uri, store_conn_id=self._store_conn_id)
+
+    @property
+    def store_uri(self) -> str:
+        return self.settings.store
+
+    @property
+    def store_conn_id(self) -> str:
+        return self.settings.store_conn_id
 
     @cached_property
     def credentials(self) -> dict[str, str]:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from operators.hooks import StoreHook
-from trainyard import config, runs
+from trainyard import runs
 from trainyard.errors import StepError
 
 DAGS_DIR = Path(__file__).resolve().parents[1] / "dags"
@@ -66,5 +66,5 @@ def run_pipeline(dag_id: str, conf: dict, *, quiet: bool = False, store_uri: str
                 os.environ[name] = value
     state = str(getattr(dag_run.state, "value", dag_run.state))
     # The same credentials the steps used: the Airflow connection, else the environment.
-    store = StoreHook(store_uri=config.load(store=store_uri).store).get_conn()
+    store = StoreHook(store_uri=store_uri).get_conn()
     return {"run_id": dag_run.run_id, "state": state, "results": runs.read_results(store, dag_id, dag_run.run_id)}

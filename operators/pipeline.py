@@ -43,8 +43,11 @@ trained and no registry version is added. At most one run is active at a time, a
 """
 
 
-def dag_defaults(retries: int = 1) -> dict[str, Any]:
-    """What every trainyard DAG shares: a fixed start, no catchup, retries with a short delay."""
+def dag_defaults(retries: int | None = None) -> dict[str, Any]:
+    """What every trainyard DAG shares: a fixed start, no catchup, retries (default `[trainyard] default_retries`)
+    with a short delay."""
+    if retries is None:
+        retries = config.load().default_retries
     return {"start_date": pendulum.datetime(2026, 1, 1, tz="UTC"), "catchup": False,
             "default_args": {"retries": retries, "retry_delay": pendulum.duration(seconds=5)}}
 
@@ -111,6 +114,7 @@ def training_dag(dag_id: str, *, doc_md: str, description: str, tags: list[str],
     """The DAG object of a training pipeline, with its run params (metric: the default metric that picks the
     best model); add tasks inside `with`."""
     options = _checked_options(dag_id, step_options)
+    config.load().checked()  # a runner and store that cannot work together fail the DAG's parse
     if scheduled_retraining:
         if schedule is not None:
             raise PipelineDeclarationError(f"{dag_id}: give either schedule or scheduled_retraining, not both")
@@ -125,7 +129,7 @@ def training_dag(dag_id: str, *, doc_md: str, description: str, tags: list[str],
     scheduled = {"max_active_runs": 1} if scheduled_retraining and schedule is not None else {}
     return DAG(
         dag_id=dag_id, description=description, doc_md=doc_md + PIPELINE_DOC, schedule=schedule, tags=tags,
-        params={**params, **(extra_params or {})}, **dag_defaults(options.get("retries", 1)), **scheduled,
+        params={**params, **(extra_params or {})}, **dag_defaults(options.get("retries")), **scheduled,
     )
 
 

@@ -91,7 +91,7 @@ class PlanPipelineOperator(BaseOperator):
         dag_id = context["dag"].dag_id
         pending = [i for i, d in sorted(datums.items(), key=lambda kv: datum_label(kv[1]))
                    if not has_record(store, dag_id, pps.TRANSFORM_STEP, datum_key(i, self.version, {}))]
-        workers = min(spec.parallelism_spec.constant, int(config.load().max_datum_tasks))
+        workers = min(spec.parallelism_spec.constant, config.load(store=self.store_uri).max_datum_tasks)
         chunks = chunk(pending, workers) if pending else []
         self.log.info("%s: %s datum(s) from %s; %s to process in %s task(s), %s already processed", self.pipeline,
                       len(datums), ", ".join(f"{r['repo']}:{(r['commit'] or 'empty')[:5]}" for r in resolved),
@@ -137,15 +137,14 @@ class PipelineDatumOperator(TrainyardStepOperator):
         kwargs.setdefault("cmds", list(STEP_CMD))
         super().__init__(step="pps", arguments=templated,
                          literal_arguments=[*literal, "--datums", json.dumps(chunk["datums"])], **kwargs)
-        if self.runner == "kubernetes":
-            # The transform container's log first (it ends first), then trainyard's upload; and what prepare says.
-            self.container_logs = [TRANSFORM_CONTAINER, self.base_container_name]
-            self.init_container_logs = True
 
     def build_pod_request_obj(self, context=None, *, dry_run: bool = False):
         pod = super().build_pod_request_obj(context, dry_run=dry_run)
-        if self.runner != "kubernetes":
+        if not self.on_kubernetes:
             return pod
+        # The transform container's log first (it ends first), then trainyard's upload; and what prepare says.
+        self.container_logs = [TRANSFORM_CONTAINER, self.base_container_name]
+        self.init_container_logs = True
         return self.checked(transform_pod(pod, self.transform, self.transform_secrets, self.settings.step_image))
 
     def resolve_secrets(self) -> dict:
@@ -266,7 +265,7 @@ has not caught up. The spec is stored at `{keys.pps_pipeline(spec.name)}`; chang
 
 def pipeline_dag(record: pps.PipelineRecord, settings: config.Settings | None = None) -> DAG:
     """The DAG of one stored pipeline: plan -> process (mapped) -> collect, scheduled on its input repos' Assets."""
-    settings = settings or config.load()
+    (settings or config.load()).checked()  # a runner and store that cannot work together fail the DAG's parse
     spec = record.parsed
     assets = [repo_asset(repo) for repo in spec.input_repos()]
     datum_timeout, job_timeout = pps.timeouts(spec)
@@ -307,7 +306,7 @@ def pipeline_dag(record: pps.PipelineRecord, settings: config.Settings | None = 
 
 def pipeline_dags() -> dict[str, DAG]:
     """One DAG per pipeline stored in the configured store (read when the DAG file is parsed)."""
-    settings = config.load()
+    settings = config.load().checked()
     store = StoreHook(store_uri=settings.store).get_conn()
     dags = {}
     for name, record in pps.load_pipelines(store).items():

@@ -12,8 +12,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
+from airflow.providers.cncf.kubernetes.backcompat.backwards_compat_converters import convert_env_vars
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.secret import Secret
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
@@ -41,7 +43,12 @@ class StepFailed(AirflowException):
 
 
 class StepConfigError(AirflowException):
-    """A step was declared with settings that cannot work; raised at DAG parse time."""
+    """A step's settings cannot work (say, the kubernetes runner with a local store); raised before it runs. DAG
+    factories refuse the same settings when the DAG is parsed."""
+
+
+class StepOptionError(AirflowException):
+    """A step option (resources, limits, timeout, cache) is invalid once templated; the step does not run."""
 
 
 class PodRefused(AirflowException):
@@ -84,6 +91,20 @@ def local_gpu_count() -> int:
     return len(local_gpus())
 
 
+# The run's ids in every step's env (templated), for labels and the step's own records.
+RUN_ENV = {"TRAINYARD_RUN_ID": "{{ run_id }}", "TRAINYARD_DAG_ID": "{{ dag.dag_id }}",
+           "TRAINYARD_TASK_ID": "{{ task.task_id }}", "TRAINYARD_MAP_INDEX": "{{ ti.map_index }}"}
+
+
+def env_list(env: dict[str, str] | list[k8s.V1EnvVar] | None) -> list[k8s.V1EnvVar]:
+    """A pod operator's env_vars as V1EnvVar objects: a dict before templating, a list after it."""
+    return convert_env_vars(env) if isinstance(env, dict) else list(env or [])
+
+
+def _env_vars(values: dict[str, str]) -> dict[str, k8s.V1EnvVar]:
+    return {name: k8s.V1EnvVar(name=name, value=value) for name, value in values.items()}
+
+
 OPTION_FIELDS: tuple[str, ...] = ("cpu", "memory", "cpu_limit", "memory_limit", "gpu", "timeout", "skip_reason",
                                    "cache")
 
@@ -93,35 +114,49 @@ class StepOptionsMixin:
     Per-step options every trainyard pod step accepts, with defaults from `[trainyard]` settings.
 
     Values may be templates (run params, XCom), so they are validated again after templating, when the pod is
-    built, and applied to the pod there.
+    built, and applied to the pod there. Settings are read then too (`settings`), never when the DAG is parsed.
     """
 
-    settings: config.Settings
     task_id: str
+    runner: str | None = None
+    store_uri: str | None = None
 
-    def _init_options(self, settings: config.Settings, *, cpu=None, memory=None, cpu_limit=None,
-                      memory_limit=None, gpu: int | str = 0, timeout=None, skip_reason: str = "",
-                      cache: bool | str | None = None) -> None:
-        self.settings = settings
-        self.cpu = cpu or settings.default_cpu
-        self.memory = memory or settings.default_memory
+    def _init_options(self, *, cpu=None, memory=None, cpu_limit=None, memory_limit=None, gpu: int | str = 0,
+                      timeout=None, skip_reason: str = "", cache: bool | str | None = None) -> None:
+        self.cpu = cpu
+        self.memory = memory
         self.cpu_limit = cpu_limit
         self.memory_limit = memory_limit
         self.gpu = gpu
         self.timeout = timeout
         self.skip_reason = skip_reason
-        self.cache = settings.flag("default_cache") if cache is None else cache
+        self.cache = cache
+
+    @cached_property
+    def settings(self) -> config.Settings:
+        """`[trainyard]` settings (the step's own runner and store arguments first), read when first used: when the
+        step runs or its pod is built, never when the DAG is parsed. A runner and store that cannot work together
+        are refused here."""
+        try:
+            return config.load(runner=self.runner, store=self.store_uri).checked()
+        except ConfigError as exc:
+            raise StepConfigError(f"step {self.task_id!r}: {exc}") from None
+
+    @property
+    def on_kubernetes(self) -> bool:
+        """Whether this step runs as a Kubernetes pod, else as a local subprocess (config.Settings.on_kubernetes)."""
+        return self.settings.on_kubernetes
 
     def resource_request(self) -> Resources:
-        """Validate the (rendered) cpu/memory/gpu request against the configured maxima."""
-        return self._resources(self.cpu, self.memory)
+        """Validate the (rendered) cpu/memory/gpu request against the configured maxima (and their defaults)."""
+        return self._resources(self.cpu or self.settings.default_cpu, self.memory or self.settings.default_memory)
 
     def resource_limit(self) -> Resources:
         """The limits: the request unless declared; a limit below the request is a clear error."""
         request = self.resource_request()
         limit = self._resources(self.cpu_limit or request.cpu, self.memory_limit or request.memory)
         if cpu_cores(limit.cpu) < cpu_cores(request.cpu) or memory_bytes(limit.memory) < memory_bytes(request.memory):
-            raise AirflowException(
+            raise StepOptionError(
                 f"step {self.task_id!r}: the request (cpu {request.cpu}, memory {request.memory}) is above its limit "
                 f"(cpu {limit.cpu}, memory {limit.memory}); raise the step's limit or ask for less")
         return limit
@@ -131,12 +166,12 @@ class StepOptionsMixin:
             return Resources.parse(cpu, memory, self.gpu, max_cpu=self.settings.max_cpu,
                                    max_memory=self.settings.max_memory, max_gpu=self.settings.max_gpu)
         except ResourceError as exc:
-            raise AirflowException(f"step {self.task_id!r}: {exc}") from None
+            raise StepOptionError(f"step {self.task_id!r}: {exc}") from None
 
     def use_cache(self) -> bool:
-        value = str(self.cache).strip().lower()
+        value = str(self.settings.default_cache if self.cache is None else self.cache).strip().lower()
         if value not in ("true", "false", "1", "0", "yes", "no"):
-            raise AirflowException(f"step {self.task_id!r}: cache must be true or false, got {self.cache!r}")
+            raise StepOptionError(f"step {self.task_id!r}: cache must be true or false, got {self.cache!r}")
         return value in ("true", "1", "yes")
 
     def timeout_seconds(self) -> int | None:
@@ -144,7 +179,7 @@ class StepOptionsMixin:
         if text in ("", "None", "0"):
             return None
         if not text.isdigit():
-            raise AirflowException(f"step {self.task_id!r}: invalid timeout {self.timeout!r}; give whole seconds")
+            raise StepOptionError(f"step {self.task_id!r}: invalid timeout {self.timeout!r}; give whole seconds")
         return int(text)
 
     def check_options(self) -> None:
@@ -233,22 +268,29 @@ class PodStepMixin:
     task_id: str
     _store_log: StoreLogWriter | None = None
     _launch_error: AirflowException | None = None
+    _declared_pod_args: dict = {}
 
-    @staticmethod
-    def pod_defaults(settings: config.Settings, kwargs: dict) -> dict:
-        """KubernetesPodOperator arguments from settings, under whatever the DAG declared itself."""
-        kwargs.setdefault("namespace", settings.namespace)
+    def pod_defaults(self, kwargs: dict) -> dict:
+        """KubernetesPodOperator arguments every trainyard pod has, under whatever the DAG declared itself. Those
+        whose default is a setting are applied when the pod is built (apply_pod_settings), not here."""
+        self._declared_pod_args = {arg: kwargs.pop(arg) for arg in ("hostnetwork", "schedule_timeout_seconds")
+                                   if kwargs.get(arg) is not None}
         kwargs.setdefault("on_finish_action", "delete_pod")
         kwargs.setdefault("get_logs", True)
-        kwargs.setdefault("retries", int(settings.default_retries))
-        kwargs.setdefault("hostnetwork", settings.flag("pod_host_network"))
         kwargs.setdefault("automount_service_account_token", False)
-        kwargs.setdefault("schedule_timeout_seconds", int(settings.schedule_timeout))
         # The provider polls a starting pod every 5 s; a step pod often starts in about one.
         kwargs.setdefault("startup_check_interval_seconds", 1)
         # Once scheduled, an image pull may take long (a GPU image is several GB).
         kwargs.setdefault("startup_timeout_seconds", 900)
         return kwargs
+
+    def apply_pod_settings(self) -> None:
+        """The pod arguments whose default is a `[trainyard]` setting (namespace, pod_host_network,
+        schedule_timeout), read when the pod is built; what the DAG declared wins."""
+        declared = self._declared_pod_args
+        self.namespace = self.namespace or self.settings.namespace
+        self.hostnetwork = declared.get("hostnetwork", self.settings.pod_host_network)
+        self.schedule_timeout_seconds = declared.get("schedule_timeout_seconds", self.settings.schedule_timeout)
 
     def checked(self, pod: k8s.V1Pod) -> k8s.V1Pod:
         """Set the sidecar image and refuse, in one line, anything the API server would refuse."""
@@ -356,43 +398,41 @@ class TrainyardStepOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kube
                  skip_reason: str = "", literal_arguments: Sequence[str] = (), runner: str | None = None,
                  store_uri: str | None = None, labels: dict[str, str] | None = None,
                  env_vars: dict[str, str] | None = None, **kwargs) -> None:
-        settings = config.load(runner=runner, store=store_uri)
-        try:
-            settings.validate()
-        except ConfigError as exc:
-            raise StepConfigError(f"step {kwargs.get('task_id', step)!r}: {exc}") from None
-        self._init_options(settings, cpu=cpu, memory=memory, cpu_limit=cpu_limit, memory_limit=memory_limit, gpu=gpu,
+        self._init_options(cpu=cpu, memory=memory, cpu_limit=cpu_limit, memory_limit=memory_limit, gpu=gpu,
                            timeout=timeout, skip_reason=skip_reason, cache=cache)
         self.step = step
-        self.runner = settings.runner
-        self.store_uri = settings.store
+        self.runner = runner
+        self.store_uri = store_uri
         self.literal_arguments = list(literal_arguments)
-        env = {
-            contract.STORE_ENV: settings.store,
-            "TRAINYARD_VENV_CACHE": settings.venv_cache,
-            "TRAINYARD_RUN_ID": "{{ run_id }}",
-            "TRAINYARD_DAG_ID": "{{ dag.dag_id }}",
-            "TRAINYARD_TASK_ID": "{{ task.task_id }}",
-            "TRAINYARD_MAP_INDEX": "{{ ti.map_index }}",
-            **settings.step_env(),
-            **(env_vars or {}),
-        }
-        endpoint = os.environ.get("AWS_ENDPOINT_URL")
-        if settings.store.startswith("s3://") and endpoint:
-            env.setdefault("AWS_ENDPOINT_URL", endpoint)
-        # Store credentials reach pods only through a Kubernetes Secret (env_from), never as plain values.
-        secrets = [Secret("env", None, settings.store_secret)] if settings.store.startswith("s3://") else []
-        kwargs.setdefault("image", settings.step_image)
+        self._declared_secrets = list(kwargs.pop("secrets", []))
         kwargs.setdefault("cmds", ["python", "-m", f"training_images.{step}"])
         kwargs.setdefault("name", f"trainyard-{step}")
         kwargs.setdefault("do_xcom_push", True)
         super().__init__(arguments=list(arguments), labels={"trainyard.io/step": step, **(labels or {})},
-                         env_vars=env, secrets=[*secrets, *kwargs.pop("secrets", [])],
-                         **self.pod_defaults(settings, kwargs))
+                         env_vars={**RUN_ENV, **(env_vars or {})}, **self.pod_defaults(kwargs))
         self.remember_scheduling()
 
+    def _pod_env(self) -> list[k8s.V1EnvVar]:
+        """The step contract's env: the store and settings, then the run's ids and what the DAG declared (both
+        templated, so already rendered here); a declared name wins. Building it again gives the same list."""
+        settings = self.settings
+        rest = {var.name: var for var in env_list(self.env_vars)}
+        env = {**_env_vars({contract.STORE_ENV: settings.store, "TRAINYARD_VENV_CACHE": settings.venv_cache}),
+               **{name: rest.pop(name) for name in RUN_ENV if name in rest}, **_env_vars(settings.step_env()), **rest}
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        if settings.store.startswith("s3://") and endpoint:
+            env.setdefault("AWS_ENDPOINT_URL", k8s.V1EnvVar(name="AWS_ENDPOINT_URL", value=endpoint))
+        return list(env.values())
+
     def build_pod_request_obj(self, context=None, *, dry_run: bool = False) -> k8s.V1Pod:
+        settings = self.settings
+        self.apply_pod_settings()
         self.apply_options()
+        self.image = self.image or settings.step_image
+        self.env_vars = self._pod_env()
+        # Store credentials reach pods only through a Kubernetes Secret (env_from), never as plain values.
+        store_secret = [Secret("env", None, settings.store_secret)] if settings.store.startswith("s3://") else []
+        self.secrets = [*store_secret, *self._declared_secrets]
         pod = super().build_pod_request_obj(context, dry_run=dry_run)
         container = pod.spec.containers[0]
         # Set after templating: `cache` may itself be a template (a run param).
@@ -404,7 +444,7 @@ class TrainyardStepOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kube
 
     def execute(self, context):
         self.check_options()
-        if self.runner == "kubernetes":
+        if self.on_kubernetes:
             return super().execute(context)
         return self._execute_locally(context)
 
@@ -426,7 +466,7 @@ class TrainyardStepOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kube
         available = local_gpus()
         if len(available) >= wanted:
             return wanted, available
-        if not self.settings.flag("allow_cpu_fallback"):
+        if not self.settings.allow_cpu_fallback:
             raise GpuUnavailable(
                 f"step {self.task_id!r} asks for {wanted} GPU(s) but this machine has {len(available)}; "
                 "lower --gpu, run on the kubernetes runner, or set TRAINYARD_ALLOW_CPU_FALLBACK=true"
@@ -462,7 +502,7 @@ class TrainyardStepOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kube
             return json.loads(result_path.read_text())
 
     def on_kill(self) -> None:
-        if self.runner != "kubernetes":
+        if not self.on_kubernetes:
             self._kill_requested = True
             proc = self._proc
             if proc is not None:

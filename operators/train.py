@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from kubernetes.client import models as k8s
 
-from operators.step import PodNotScheduled, TrainyardStepOperator
+from operators.step import PodNotScheduled, TrainyardStepOperator, env_list
 from trainyard import config, runs
 from trainyard.records import TrainFailure
 
@@ -23,6 +23,7 @@ class TrainStepOperator(TrainyardStepOperator):
     :param data: data commit as repo:id (templated)
     :param combination: one planned combination: {"label", "hyper", "model_id"}; usually mapped from the resolve
         step's `to_train` XCom. Its values come from conf, so they are passed as literal argv, never rendered.
+    On Kubernetes the pod has an emptyDir at /pfs, where the step materializes kaos bundles' inputs.
     """
 
     def __init__(self, *, source: str, data: str, combination: dict, pipeline: str = "{{ dag.dag_id }}",
@@ -33,13 +34,14 @@ class TrainStepOperator(TrainyardStepOperator):
                    "--label", str(combination.get("label", ""))]
         if combination.get("model_id"):
             literal += ["--expect-model-id", combination["model_id"]]
-        if kwargs.get("runner", config.load().runner) == "kubernetes":
-            pfs = k8s.V1VolumeMount(name="pfs", mount_path=PFS_ROOT)
-            kwargs["volumes"] = [*kwargs.get("volumes", []),
-                                 k8s.V1Volume(name="pfs", empty_dir=k8s.V1EmptyDirVolumeSource())]
-            kwargs["volume_mounts"] = [*kwargs.get("volume_mounts", []), pfs]
-            kwargs["env_vars"] = {"TRAINYARD_PFS_ROOT": PFS_ROOT, **(kwargs.get("env_vars") or {})}
         super().__init__(step="train", arguments=arguments, literal_arguments=literal, **kwargs)
+
+    def build_pod_request_obj(self, context=None, *, dry_run: bool = False):
+        if self.on_kubernetes and not any(getattr(v, "name", None) == "pfs" for v in self.volumes):
+            self.volumes = [*self.volumes, k8s.V1Volume(name="pfs", empty_dir=k8s.V1EmptyDirVolumeSource())]
+            self.volume_mounts = [*self.volume_mounts, k8s.V1VolumeMount(name="pfs", mount_path=PFS_ROOT)]
+            self.env_vars = [k8s.V1EnvVar(name="TRAINYARD_PFS_ROOT", value=PFS_ROOT), *env_list(self.env_vars)]
+        return super().build_pod_request_obj(context, dry_run=dry_run)
 
     def execute(self, context):
         try:
@@ -57,11 +59,12 @@ class TrainStepOperator(TrainyardStepOperator):
 
 def train_step(*, task_id: str, source: str, data: str, image: str, combinations, **partial_kwargs):
     """Map the train step over the planned combinations; on Kubernetes it runs in the image the build pushed."""
-    if config.load().runner == "kubernetes":
+    settings = config.load()
+    if settings.on_kubernetes:
         # The image was built from the bundle's Dockerfile with the trainyard runtime layered on (fetch step).
         partial_kwargs.setdefault("image", image)
         partial_kwargs.setdefault("cmds", ["python3", "-m", "training_images.train"])
-    partial_kwargs.setdefault("max_active_tis_per_dagrun", int(config.load().parallelism))
+    partial_kwargs.setdefault("max_active_tis_per_dagrun", settings.parallelism)
     return TrainStepOperator.partial(
         task_id=task_id, source=source, data=data,
         map_index_template="{{ task.combination['label'] }}", **partial_kwargs,

@@ -320,7 +320,7 @@ def test_trainyard_settings_of_every_airflow_service_are_valid():
     for name in AIRFLOW_SERVICES + KUBERNETES_SERVICES:
         settings = {k.removeprefix("AIRFLOW__TRAINYARD__").lower(): v for k, v in _env(name).items()
                     if k.startswith("AIRFLOW__TRAINYARD__")}
-        resolved = config.load(**settings).validate()
+        resolved = config.load(**settings).checked()
         expected = "kubernetes" if name in KUBERNETES_SERVICES else "local"
         assert resolved.runner == expected, name
         assert resolved.store.startswith("s3://")

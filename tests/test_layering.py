@@ -92,3 +92,23 @@ def test_only_the_key_module_spells_store_keys():
             offenders += [f"{rel}:{node.lineno}: {piece[:60]!r}" for piece in pieces
                           if _KEY_LITERAL.search(piece) or "_results.json" in piece]
     assert offenders == []
+
+
+def _config_loads_in_operator_inits(root) -> list[str]:
+    """`config.load(` calls inside the `__init__` of any class under root (operators read settings lazily)."""
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            for init in (n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"):
+                offenders += [f"{path.name}:{call.lineno}: {cls.name}.__init__" for call in ast.walk(init)
+                              if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                              and call.func.attr == "load" and isinstance(call.func.value, ast.Name)
+                              and call.func.value.id == "config"]
+    return offenders
+
+
+def test_no_operator_reads_settings_in_its_init():
+    """Operators store their arguments in __init__ and read settings when they run (a cached_property), as the
+    provider operators do: a DAG file is parsed again and again, and settings belong to the worker's run."""
+    assert _config_loads_in_operator_inits(REPO / "operators") == []

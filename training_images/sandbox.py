@@ -12,10 +12,12 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from trainyard import config
+from trainyard.config import PFS_MODES
+
 log = logging.getLogger(__name__)
 
 PFS_ENV = "TRAINYARD_PFS"
-PFS_MODES = ("auto", "always", "never")
 PFS_ROOT = "/pfs"
 
 # Host entries the sandbox provides itself: fresh /proc and /dev mounts, and our own /pfs on top of the new root.
@@ -38,11 +40,8 @@ class SandboxError(Exception):
 def pfs_mode(environ: Mapping[str, str] | None = None) -> str:
     """TRAINYARD_PFS: `auto` (default: sandbox bundles whose code mentions /pfs/), `always` or `never`."""
     if environ is None:
-        from trainyard import config  # the one config module: TRAINYARD_PFS env > airflow.cfg [trainyard] pfs
-
-        value = config.load().pfs.strip().lower() or "auto"
-    else:
-        value = environ.get(PFS_ENV, "").strip().lower() or "auto"
+        return config.load().pfs  # TRAINYARD_PFS env > airflow.cfg [trainyard] pfs, checked there
+    value = environ.get(PFS_ENV, "").strip().lower() or "auto"
     if value not in PFS_MODES:
         raise SandboxError(f"{PFS_ENV}={value!r} is not one of {', '.join(PFS_MODES)}; unset it to use auto")
     return value

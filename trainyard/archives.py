@@ -6,7 +6,6 @@ import bz2
 import dataclasses
 import gzip
 import lzma
-import math
 import os
 import re
 import shutil
@@ -20,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from trainyard.errors import ConfigError, ResourceError, TrainyardError
+from trainyard.errors import TrainyardError
 from trainyard.resources import memory_bytes
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
@@ -64,28 +63,9 @@ class ArchiveLimits:
 
     @classmethod
     def from_settings(cls, settings) -> ArchiveLimits:
-        """Read [trainyard] max_unpacked_size, max_archive_members and max_compression_ratio."""
-        try:
-            max_bytes = memory_bytes(settings.max_unpacked_size)
-        except ResourceError:
-            max_bytes = 0
-        if max_bytes <= 0:
-            raise ConfigError(
-                f"[trainyard] max_unpacked_size = {settings.max_unpacked_size!r} must be a positive Kubernetes "
-                "quantity such as 8Gi or 500M"
-            )
-        members = str(settings.max_archive_members).strip()
-        if not members.isdigit() or int(members) < 1:
-            raise ConfigError(f"[trainyard] max_archive_members = {members!r} must be a whole number >= 1")
-        try:
-            ratio = float(settings.max_compression_ratio)
-        except ValueError:
-            ratio = math.nan
-        if not math.isfinite(ratio) or ratio < 1:
-            raise ConfigError(
-                f"[trainyard] max_compression_ratio = {settings.max_compression_ratio!r} must be a number >= 1"
-            )
-        return cls(max_bytes=max_bytes, max_members=int(members), max_ratio=ratio)
+        """From [trainyard] max_unpacked_size, max_archive_members and max_compression_ratio (validated there)."""
+        return cls(max_bytes=memory_bytes(settings.max_unpacked_size), max_members=settings.max_archive_members,
+                   max_ratio=settings.max_compression_ratio)
 
 
 def is_archive(path: str | os.PathLike) -> bool:

@@ -333,12 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("work", nargs="?", default="/tmp/trainyard-server", help="work directory (recreated)")
     parser.add_argument("--database", choices=("auto", "postgres", "sqlite"), default="auto")
     args = parser.parse_args(argv)
-    from trainyard import config
+    from trainyard.cli.context import cli_settings
 
     shutil.rmtree(args.work, ignore_errors=True)
     # The server uses the store (and venv cache) this shell's CLI resolves, so `trainyard deploy` and the server
     # share it; an s3:// store's keys travel only as the trainyard_store connection, if one is exported.
-    settings = config.load()
+    settings = cli_settings()
     env = {k: v for k, v in os.environ.items() if k.startswith("TRAINYARD_") or k == "AIRFLOW_CONN_TRAINYARD_STORE"}
     env.update(TRAINYARD_STORE=settings.store, TRAINYARD_VENV_CACHE=settings.venv_cache)
     server = LocalAirflow(Path(args.work), env=env)

@@ -101,23 +101,23 @@ class UrlPolicy:
 
     @classmethod
     def from_settings(cls, settings=None) -> UrlPolicy:
-        """Build the policy from url_schemes, url_allowed_hosts and the url_allow_* flags of Settings."""
+        """Build the policy from url_schemes, url_allowed_hosts and the url_allow_* flags of Settings (parsed there)."""
         if settings is None:
             from trainyard import config
 
             settings = config.load()
-        schemes = frozenset(s.strip().lower() for s in settings.url_schemes.split(",") if s.strip())
+        schemes = frozenset(settings.url_schemes)
         unknown = sorted(schemes - set(FETCHABLE) - {"file"})
         if unknown:
             raise ConfigError(f"[trainyard] url_schemes lists {', '.join(unknown)}, which trainyard cannot fetch; "
                               f"use a subset of {', '.join(FETCHABLE)} (file:// is enabled by url_allow_file)")
-        hosts = frozenset(h.strip().lower().rstrip(".") for h in settings.url_allowed_hosts.split(",") if h.strip())
+        hosts = frozenset(settings.url_allowed_hosts)
         for host in hosts:
             if "*" in host and not (host.startswith("*.") and "*" not in host[2:] and len(host) > 2):
                 raise ConfigError(f"[trainyard] url_allowed_hosts entry {host!r} is not a host name; only a leading "
                                   "'*.' wildcard is supported, as in *.example.com")
-        return cls(schemes=schemes - {"file"}, allowed_hosts=hosts, allow_private=settings.flag("url_allow_private"),
-                   allow_loopback=settings.flag("url_allow_loopback"), allow_file=settings.flag("url_allow_file"))
+        return cls(schemes=schemes - {"file"}, allowed_hosts=hosts, allow_private=settings.url_allow_private,
+                   allow_loopback=settings.url_allow_loopback, allow_file=settings.url_allow_file)
 
     # -- checks ---------------------------------------------------------------------------------------------------
     def host_allowed(self, host: str) -> bool:

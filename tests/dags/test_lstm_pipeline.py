@@ -72,10 +72,12 @@ def test_a_limit_below_the_request_is_a_clear_error(monkeypatch):
     from airflow.sdk import DAG
 
     from operators import TrainyardStepOperator
+    from operators.step import StepOptionError
 
     with DAG("limits", start_date=pendulum.datetime(2026, 1, 1), schedule=None):
         task = TrainyardStepOperator(task_id="train", step="train", memory="8Gi", memory_limit="4000Mi")
-    with pytest.raises(Exception, match=r"request \(cpu 1, memory 8Gi\) is above its limit .*4000Mi"):
+    with pytest.raises(StepOptionError, match=r"^step 'train': the request \(cpu 1, memory 8Gi\) is above its limit "
+                                              r"\(cpu 1, memory 4000Mi\)"):
         task.check_options()
 
 

@@ -162,10 +162,11 @@ def store_dir(tmp_path):
 def _on_cluster(task, api: FakeCoreV1Api, store_dir):
     """Point a built operator at the fake cluster and at a file:// store.
 
-    The kubernetes runner refuses a file:// store when the DAG is parsed (pods cannot reach it), so the operator is
-    declared with an s3:// store and pointed at a local one afterwards.
+    The kubernetes runner refuses a file:// store (pods cannot reach it), so the operator reads its settings with an
+    s3:// store and is pointed at a local one afterwards.
     """
     task.hook = FakeKubeHook(api)
+    assert task.settings.on_kubernetes  # read now, under k8s_env's s3:// store
     task.store_uri = f"file://{store_dir}"
     return task
 

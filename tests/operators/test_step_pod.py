@@ -10,7 +10,7 @@ import pytest
 from airflow.sdk import DAG
 
 from operators import ImageBuildOperator, TrainyardStepOperator
-from operators.step import StepConfigError
+from operators.step import StepConfigError, StepOptionError
 
 HOSTILE = '{"C": 1, "note": "x; rm -rf / $(reboot) `id`"}'
 
@@ -78,15 +78,28 @@ def test_cpu_only_pod_has_no_gpu_scheduling(k8s_env):
 
 def test_bad_memory_is_rejected_after_templating(k8s_env):
     task = _train_task(memory="2GB")
-    with pytest.raises(Exception, match="invalid memory '2GB'.*2Gi"):
+    with pytest.raises(StepOptionError, match="^step 'train': invalid memory '2GB'.*2Gi"):
         task.build_pod_request_obj(_context(task), dry_run=True)
 
 
-def test_kubernetes_runner_with_file_store_fails_at_parse_time(monkeypatch):
+def test_settings_are_read_when_the_pod_is_built_not_when_the_dag_is_parsed(k8s_env, monkeypatch):
+    task = _train_task()
+    monkeypatch.setenv("TRAINYARD_NAMESPACE", "team-a")
+    monkeypatch.setenv("TRAINYARD_STEP_IMAGE", "registry.local:5000/steps:v2")
+    pod = task.build_pod_request_obj(_context(task), dry_run=True)
+    assert pod.metadata.namespace == "team-a" and pod.spec.containers[0].image == "registry.local:5000/steps:v2"
+
+
+def test_kubernetes_runner_with_file_store_is_refused_before_any_pod(monkeypatch):
     monkeypatch.setenv("TRAINYARD_RUNNER", "kubernetes")
     monkeypatch.setenv("TRAINYARD_STORE", "file:///tmp/store")
-    with pytest.raises(StepConfigError, match="'train'.*cannot use the local store"):
-        _train_task()
+    task = _train_task()  # DAG factories refuse this when the DAG is parsed (tests/dags/test_dag_integrity.py)
+    task.client = api = _RecordingCoreV1Api()
+    with pytest.raises(StepConfigError, match="^step 'train': runner 'kubernetes' cannot use the local store"):
+        task.execute(_context(task))
+    with pytest.raises(StepConfigError, match="cannot use the local store"):
+        task.build_pod_request_obj(_context(task), dry_run=True)
+    assert api.created == []
 
 
 def test_build_pod_builds_the_bundle_dockerfile_with_buildah_and_pushes_the_source_tag(k8s_env):
@@ -157,15 +170,19 @@ def test_conf_values_in_a_combination_are_never_rendered_as_templates(k8s_env):
 
 def test_a_bad_timeout_is_rejected_after_templating(k8s_env):
     task = _train_task(timeout="ten minutes")
-    with pytest.raises(Exception, match="invalid timeout 'ten minutes'; give whole seconds"):
+    with pytest.raises(StepOptionError, match="^step 'train': invalid timeout 'ten minutes'; give whole seconds"):
         task.build_pod_request_obj(_context(task), dry_run=True)
 
 
 class _RecordingCoreV1Api:
-    """The one Kubernetes API call pod deletion makes, recorded instead of sent."""
+    """The Kubernetes API calls that make and delete a pod, recorded instead of sent."""
 
     def __init__(self) -> None:
         self.deleted: list[tuple[str, str]] = []
+        self.created: list = []
+
+    def create_namespaced_pod(self, body, namespace, **kwargs):
+        self.created.append(body)
 
     def delete_namespaced_pod(self, name, namespace, body=None, **kwargs):
         self.deleted.append((namespace, name))

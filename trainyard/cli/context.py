@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic_settings import PydanticBaseSettingsSource
+
 from trainyard import config, userconfig
 from trainyard.errors import ConfigError
 from trainyard.store import open_store
@@ -24,6 +26,35 @@ def embedded_airflow_env() -> None:
     os.environ.setdefault("AIRFLOW_HOME", str(REPO_ROOT / ".airflow"))
     if (REPO_ROOT / "airflow.cfg").is_file():
         os.environ.setdefault("AIRFLOW_CONFIG", str(REPO_ROOT / "airflow.cfg"))
+
+
+# Settings a `trainyard init` profile may set for the CLI (the server's own settings live in its airflow.cfg).
+PROFILE_SETTINGS = ("store",)
+
+
+class ProfileSource(PydanticBaseSettingsSource):
+    """The settings `trainyard init` saved in the user's profile (PROFILE_SETTINGS only)."""
+
+    def get_field_value(self, field, field_name):  # the profile is read whole in __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in userconfig.saved().items() if k in PROFILE_SETTINGS and v}
+
+
+class CliSettings(config.Settings):
+    """The CLI's settings: argument (--store) > env > the `trainyard init` profile > airflow.cfg > default. Only
+    the CLI reads the profile; operators, DAG files and steps use config.Settings, which never does."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, *args, **kwargs) -> tuple[PydanticBaseSettingsSource, ...]:
+        *before, airflow_cfg = super().settings_customise_sources(settings_cls, *args, **kwargs)
+        return (*before, ProfileSource(settings_cls), airflow_cfg)
+
+
+def cli_settings(**overrides: Any) -> config.Settings:
+    """Resolve the settings of one command (CliSettings)."""
+    return config.load(CliSettings, **overrides)
 
 
 def store_at(uri: str) -> Store:
@@ -52,7 +83,7 @@ class Session:
 
     def settings(self, **overrides: Any) -> config.Settings:
         """Settings with --store applied: argument > env > `trainyard init` profile > airflow.cfg > default."""
-        return config.load(store=self.store_uri, **overrides)
+        return cli_settings(store=self.store_uri, **overrides)
 
     @functools.cached_property
     def store(self) -> Store:
@@ -78,7 +109,7 @@ class Session:
                 print(f"announced {commit.ref} to {client.endpoint} (asset trainyard://repos/{commit.repo})",
                       file=sys.stderr)
             return
-        if not settings.flag("announce_commits"):
+        if not settings.announce_commits:
             return
         embedded_airflow_env()
         from operators.assets import announce_commit  # Airflow is imported only when asked for

@@ -87,7 +87,7 @@ def deploy(
 
     One model per hyperparameter combination: in-process on the local runner, or on the Airflow server that
     `trainyard init` chose. Every option is checked before anything is uploaded."""
-    settings = session.settings(runner="local" if local else None, parallelism=parallelism).validate()
+    settings = session.settings(runner="local" if local else None, parallelism=parallelism).checked()
     options = _run_options(settings, hyperparams, cpu, memory, gpu, timeout, metric, parallelism, no_cache, major,
                            save_training_data)
     if data and manifest or not (data or manifest or upload_only):

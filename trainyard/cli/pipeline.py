@@ -55,7 +55,7 @@ def _save(session: Session, files: list[str], source: str | None, no_wait: bool,
     specs = pps.load_spec_files(files)
     for spec, where in specs:
         pps.check_resources(spec, settings, where)
-        if settings.runner == "kubernetes" and not spec.transform.image:
+        if settings.on_kubernetes and not spec.transform.image:
             raise pps.SpecError(f"{where}: transform.image is required on the kubernetes runner")
     pps.check_pipelines(store, [spec for spec, _ in specs], update=update)
     source_ref = _pipeline_source(store, source, session.json) if source else None

@@ -68,9 +68,9 @@ def show_config(session: Session, key: Annotated[str | None, typer.Argument(
     Precedence: argument (--store) > env > `trainyard init` profile > airflow.cfg [trainyard] > default."""
     settings = session.settings()
     if key is None:
-        print_json(dict(vars(settings)))
+        print_json(settings.model_dump(mode="json"))
         return 0
-    if not hasattr(settings, key):
+    if key not in type(settings).model_fields:
         raise ConfigError(f"unknown setting {key!r}; `trainyard config` lists them all")
-    emit({key: getattr(settings, key)}, session.json, str(getattr(settings, key)))
+    emit({key: settings.model_dump(mode="json")[key]}, session.json, settings.text(key))
     return 0
