@@ -11,8 +11,7 @@ from airflow.sdk import DAG, Param
 
 from operators.datums import datum_step
 from operators.pipeline import dag_defaults
-
-REPO = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+from trainyard.options import REPO_PATTERN
 
 with DAG(
     dag_id="ingest",
@@ -24,7 +23,7 @@ with DAG(
     params={
         "manifest": Param("features.mf", type="string", pattern=r"^[A-Za-z0-9._-]{1,128}$",
                           description="the manifest's file name in the manifests repo"),
-        "repo": Param("features", type="string", pattern=REPO, description="data repo to commit the files to"),
+        "repo": Param("features", type="string", pattern=REPO_PATTERN, description="data repo to commit the files to"),
         "lines_per_datum": Param(50, type="integer", minimum=1, description="the split size used by data put"),
     },
 ) as dag:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pendulum
@@ -15,13 +14,10 @@ from operators.step import TrainyardStepOperator
 from operators.train import train_step
 from trainyard import config
 from trainyard.errors import ConfigError
-from trainyard.metrics import SPEC_PATTERN
-from trainyard.resources import CPU_PATTERN, MEMORY_PATTERN
+from trainyard.options import RunConf, param_specs
+from trainyard.store.versioned import REPO_NAME
 
-REPO = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-REF = r"^(latest|[a-z0-9][a-z0-9._-]{0,62}|[0-9a-f]{5,64})$"
 PLAN = "ti.xcom_pull(task_ids='resolve', key='plan')"
-SCALAR = {"type": ["string", "number", "integer", "boolean", "null"]}
 # Options a DAG may declare for its pod steps (build, train, register); anything else is a mistake.
 STEP_OPTIONS = ("cpu", "memory", "cpu_limit", "memory_limit", "cache", "labels", "retries")
 
@@ -58,28 +54,12 @@ class PipelineDeclarationError(ValueError):
 
 def _run_params(source: str, data: str, hyperparameters: dict[str, Param], metric: str | None = None
                 ) -> dict[str, Param]:
-    params = {
-        "source": Param(source, type="string", pattern=REPO, description="source repo (the bundle's name)"),
-        "source_ref": Param("latest", type="string", pattern=REF, description="'latest' or a commit short id"),
-        "data": Param(data, type="string", pattern=REPO, description="data repo"),
-        "data_ref": Param("latest", type="string", pattern=REF, description="'latest' or a commit short id"),
-        "hyperparams": Param({}, type="object", additionalProperties={"type": "array", "minItems": 1, "items": SCALAR},
-                             description="grid: each hyperparameter is a list of values, merged over params.json"),
-        "metric": Param(metric, type=["null", "string"], pattern=SPEC_PATTERN,
-                        description="metric that picks the best model, e.g. accuracy_test:max or loss:min"),
-        "cpu": Param(None, type=["null", "string"], pattern=CPU_PATTERN,
-                     description="CPU cores per training task (0.5, 2, 500m); empty: remembered"),
-        "memory": Param(None, type=["null", "string"], pattern=MEMORY_PATTERN,
-                        description="memory per training task (512Mi, 2Gi, 1G); empty: remembered"),
-        "gpu": Param(None, type=["null", "integer"], minimum=0, maximum=64,
-                     description="GPUs per training task; empty: remembered"),
-        "timeout": Param(None, type=["null", "integer"], minimum=1,
-                         description="seconds a training task may run; empty: remembered or none"),
-        "no_cache": Param(False, type="boolean", description="train again even if the model already exists"),
-        "major": Param(False, type="boolean", description="register as a new major version (2.0) not 1.x"),
-        "save_training_data": Param(False, type="boolean",
-                                    description="record the exact input commits with the run (no copy)"),
-    }
+    """One Param per field of the run's conf (trainyard.options.RunConf: its JSON schema and description), with
+    this DAG's source, data and metric as defaults, then the hyperparameters the DAG declares itself."""
+    defaults = {"source": source, "data": data, "metric": metric}
+    params = {name: Param(defaults[name] if name in defaults else spec["default"], description=spec["description"],
+                          **spec["schema"])
+              for name, spec in param_specs(RunConf).items()}
     clash = set(hyperparameters) & set(params)
     if clash:
         raise PipelineDeclarationError(f"hyperparameter(s) {', '.join(sorted(clash))} clash with run options; "
@@ -152,7 +132,7 @@ def retraining(source: str, data: str) -> tuple[str | None, str, str]:
             ) from None
     for name in ("retrain_source", "retrain_data"):
         value = getattr(settings, name)
-        if value and not re.fullmatch(REPO, value):
+        if value and not REPO_NAME.fullmatch(value):
             raise ConfigError(f"[trainyard] {name} = {value!r} is not a repo name (lowercase letters, digits, '.', "
                               f"'_', '-'); set TRAINYARD_{name.upper()} to the name of a deployed bundle, or leave "
                               "it empty for the DAG's default")

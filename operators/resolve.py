@@ -15,11 +15,12 @@ from trainyard import config, contract, registry, runs
 from trainyard.bundles import static_params
 from trainyard.errors import TrainyardError
 from trainyard.grids import combination_label, expand_grid
-from trainyard.metrics import parse_spec
+from trainyard.options import RunOptions
 from trainyard.resources import Resources
 from trainyard.store.versioned import Commit, Store
 
-OPTIONS = ("hyperparams", "cpu", "memory", "gpu", "timeout", "metric", "no_cache", "major", "save_training_data")
+# The run options the step reads from its run's Params (trainyard.options.RunOptions defines them).
+OPTIONS = RunOptions.names()
 
 
 class PlanError(AirflowException):
@@ -78,36 +79,36 @@ class ResolveInputsOperator(BaseOperator):
     def hook(self) -> StoreHook:
         return StoreHook(store_uri=self.store_uri)
 
-    def _options(self) -> dict:
+    def _options(self, settings: config.Settings) -> tuple[RunOptions, dict]:
+        """The run's options, checked as RunOptions, and the values of the hyperparameters the DAG declares."""
         try:
             options = json.loads(self.options) if isinstance(self.options, str) else dict(self.options)
         except ValueError as exc:
             raise PlanError(f"run options are not valid JSON: {exc}") from None
-        unknown = set(options) - {*OPTIONS, "declared"}
-        if unknown:
-            raise PlanError(f"unknown run option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTIONS)}")
-        return options
+        declared = options.pop("declared", None) or {}
+        try:
+            return RunOptions.parse(options, settings), declared
+        except TrainyardError as exc:
+            raise PlanError(str(exc)) from None
 
     def execute(self, context) -> dict:
         started = time.time()
-        options = self._options()
         settings = config.load(store=self.store_uri)
+        options, declared = self._options(settings)
         store = self.hook.get_conn()
         pipeline, run_id = context["dag"].dag_id, context["run_id"]
-        grid = dict(options.get("hyperparams") or {})
-        for name, value in (options.get("declared") or {}).items():
+        grid = dict(options.hyperparams)
+        for name, value in declared.items():
             if value is not None and name not in grid:
                 grid[name] = [value]
-        no_cache = bool(options.get("no_cache")) or str(self.cache).strip().lower() in ("false", "0", "no")
+        no_cache = options.no_cache or str(self.cache).strip().lower() in ("false", "0", "no")
         try:
             combos = expand_grid(grid, cap=settings.combination_cap)
-            if options.get("metric"):
-                parse_spec(options["metric"])
             source = store.resolve(self.source, self.source_ref)
             data = store.resolve(self.data, self.data_ref)
             kept = runs.remembered_settings(store, pipeline, source.repo)
-            given = {k: options.get(k) for k in runs.REMEMBERED}
-            chosen = {k: given[k] if given[k] is not None else kept.get(k) for k in runs.REMEMBERED}
+            given = options.given()
+            chosen = {k: given[k] if given[k] is not None else kept.get(k) for k in given}
             resources = Resources.parse(chosen["cpu"] or self.default_resources.get("cpu") or settings.default_cpu,
                                         chosen["memory"] or self.default_resources.get("memory")
                                         or settings.default_memory, chosen["gpu"] or 0,
@@ -145,8 +146,7 @@ class ResolveInputsOperator(BaseOperator):
             "image": f"{settings.registry}/{source.repo}:{source.id[:12]}",
             "resources": {"cpu": resources.cpu, "memory": resources.memory, "gpu": resources.gpu},
             "timeout": timeout, "metric": chosen["metric"], "grid": grid,
-            "no_cache": no_cache, "major": bool(options.get("major")),
-            "save_training_data": bool(options.get("save_training_data")),
+            "no_cache": no_cache, "major": options.major, "save_training_data": options.save_training_data,
             "runner": settings.runner, "combinations": planned,
         }
         runs.save_plan(store, plan)

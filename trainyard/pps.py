@@ -22,7 +22,7 @@ from trainyard.errors import NotFound, ResourceError, TrainyardError
 from trainyard.records import DatumStats, PpsJob
 from trainyard.resources import Resources
 from trainyard.store import keys
-from trainyard.store.versioned import Store, canonical_json, sha256_bytes
+from trainyard.store.versioned import REPO_NAME, Store, canonical_json, sha256_bytes
 
 SCHEMA_VERSION = 1
 DAG_PREFIX = "pps_"
@@ -146,7 +146,7 @@ class Pfs(_Spec):
     @field_validator("repo")
     @classmethod
     def _repo(cls, value: str) -> str:
-        if not re.match(r"^[a-z0-9][a-z0-9._-]{0,62}$", value):
+        if not REPO_NAME.match(value):
             raise ValueError(f"{value!r} is not a repo name (lowercase letters, digits, '.', '_', '-')")
         return value
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from trainyard.errors import NotFound
+from trainyard.options import RunOptions
 from trainyard.records import RunPlan, RunRecord, TrainedModel, TrainFailure
 from trainyard.store import keys
 from trainyard.store.versioned import Store
 
 # Resources and options a pipeline keeps between deploys until the user changes them (kaos reset them each time).
-REMEMBERED = ("cpu", "memory", "gpu", "timeout", "metric")
+REMEMBERED = RunOptions.remembered()
 
 
 # -- the plan (resolve step) and each combination's outcome (train step) -------------------------------------------

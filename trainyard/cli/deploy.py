@@ -1,7 +1,11 @@
 """`trainyard deploy`: validate and upload a source and a data bundle (or a kaos manifest), then train (kaos's
 `train deploy -s -d -m -h`), in-process on the local runner or on the Airflow server `trainyard init` chose."""
 
-from typing import Annotated
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -13,32 +17,59 @@ from trainyard.cli.options import EXIT_CODES_EPILOG, App, MessageOption, WaitOpt
 from trainyard.cli.output import emit, print_table, say, stdout_to_stderr
 from trainyard.display import format_metric
 from trainyard.errors import ConfigError
-from trainyard.grids import validate_grid
-from trainyard.metrics import parse_spec
+from trainyard.options import RunInputs, RunOptions
 from trainyard.records import RunModel, RunRecord
-from trainyard.resources import Resources
 from trainyard.store.versioned import Store
 
 app = App()
 
-def _run_options(settings, hyperparams: str, cpu: str | None, memory: str | None, gpu: int | None,
-                 timeout: int | None, metric: str | None, parallelism: int | None, no_cache: bool, major: bool,
-                 save_training_data: bool) -> dict:
-    """Validate every run option before anything is uploaded, and turn them into the run's conf."""
-    grid = validate_grid(json_object_arg(hyperparams, "-h/--hyperparams"), cap=settings.combination_cap)
-    if cpu or memory or gpu is not None:
-        Resources.parse(cpu or settings.default_cpu, memory or settings.default_memory, gpu or 0,
-                        max_cpu=settings.max_cpu, max_memory=settings.max_memory, max_gpu=settings.max_gpu)
-    if metric:
-        parse_spec(metric)
-    for flag, value in (("--timeout", timeout), ("--parallelism", parallelism)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be at least 1, got {value}")
-    return {"hyperparams": grid, "metric": metric, "cpu": cpu, "memory": memory, "gpu": gpu, "timeout": timeout,
-            "no_cache": no_cache, "major": major, "save_training_data": save_training_data}
+
+def _flag_parameter(name: str) -> inspect.Parameter:
+    """A typer option for one run option, from its RunOptions field: flags, metavar, help, type and default. An
+    object-valued option (the grid) is given as JSON text or a file holding it."""
+    field, flag = RunOptions.model_fields[name], RunOptions.flag(name)
+    kind = next((t for t in typing.get_args(field.annotation) if t is not type(None)), field.annotation)
+    if typing.get_origin(kind) is Annotated:  # a constrained type, e.g. an int >= 0
+        kind = typing.get_args(kind)[0]
+    if kind is bool:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, typer.Option(*flag.names, help=field.description)])
+    if kind not in (str, int):
+        kind = str
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        kind | None, typer.Option(*flag.names, metavar=flag.metavar, show_default=False, help=field.description)])
+
+
+def with_run_options(func: Callable) -> Callable:
+    """func(..., run_options: dict, ...) as a command with one option per RunOptions field, where `run_options`
+    stands in its signature; func gets what was given as one dict."""
+    signature = inspect.signature(func, eval_str=True)
+    names = RunOptions.names()
+    parameters = []
+    for parameter in signature.parameters.values():
+        if parameter.name == "run_options":
+            parameters += [_flag_parameter(name) for name in names]
+        else:
+            parameters.append(parameter if parameter.kind is inspect.Parameter.POSITIONAL_ONLY or not parameters
+                              else parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, run_options={name: kwargs.pop(name) for name in names}, **kwargs)
+
+    command.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return command
+
+
+def _run_options(settings, given: dict[str, Any]) -> RunOptions:
+    """Check every run option before anything is uploaded; errors name the deploy flag."""
+    hyperparams = json_object_arg(given.get("hyperparams") or "{}", "-h/--hyperparams")
+    return RunOptions.parse({**given, "hyperparams": hyperparams}, settings,
+                            spell=lambda name: RunOptions.flag(name).long)
 
 
 @app.command(epilog=EXIT_CODES_EPILOG)
+@with_run_options
 def deploy(
     session: Session,
     source: Annotated[str, typer.Option("-s", "--source", metavar="DIR",
@@ -51,29 +82,10 @@ def deploy(
     data_repo: Annotated[str | None, typer.Option(
         "--data-repo", metavar="NAME", show_default=False,
         help="repo a manifest is ingested into (default: the manifest's file name)")] = None,
-    hyperparams: Annotated[str, typer.Option(
-        "-h", "--hyperparams", metavar="JSON|FILE",
-        help="hyperparameter grid: a JSON object of lists, or a file holding one; one model per combination")] = "{}",
-    cpu: Annotated[str | None, typer.Option("--cpu", metavar="CORES", show_default=False,
-                                            help="CPU per training task: 0.5, 2, 500m (default: remembered)")] = None,
-    memory: Annotated[str | None, typer.Option(
-        "--memory", metavar="QUANTITY", show_default=False,
-        help="memory per training task: 512Mi, 2Gi, 1G (default: remembered)")] = None,
-    gpu: Annotated[int | None, typer.Option("--gpu", metavar="N", show_default=False,
-                                            help="GPUs per training task (default: remembered, else 0)")] = None,
-    timeout: Annotated[int | None, typer.Option(
-        "--timeout", metavar="SECONDS", show_default=False,
-        help="seconds a training task may run (default: remembered)")] = None,
-    metric: Annotated[str | None, typer.Option(
-        "--metric", metavar="NAME[:max|min]", show_default=False,
-        help="metric that picks the best model, e.g. loss:min (default: remembered, else a *test* metric)")] = None,
+    run_options: dict[str, Any] | None = None,
     parallelism: Annotated[int | None, typer.Option(
         "--parallelism", metavar="N", show_default=False,
         help="training tasks of this run that may run at once (default: [trainyard] parallelism)")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="train again even when the model exists")] = False,
-    major: Annotated[bool, typer.Option("--major", help="register as a new major version (2.0, ...)")] = False,
-    save_training_data: Annotated[bool, typer.Option(
-        "--save-training-data", help="record the exact input commits with the run (a reference, no copy)")] = False,
     allow_cpu_fallback: Annotated[bool, typer.Option(
         "--allow-cpu-fallback", help="run on CPU when fewer GPUs exist than asked for (local runner)")] = False,
     local: Annotated[bool, typer.Option(
@@ -87,9 +99,10 @@ def deploy(
 
     One model per hyperparameter combination: in-process on the local runner, or on the Airflow server that
     `trainyard init` chose. Every option is checked before anything is uploaded."""
+    if parallelism is not None and parallelism < 1:
+        raise ConfigError(f"--parallelism must be at least 1, got {parallelism}")
     settings = session.settings(runner="local" if local else None, parallelism=parallelism).checked()
-    options = _run_options(settings, hyperparams, cpu, memory, gpu, timeout, metric, parallelism, no_cache, major,
-                           save_training_data)
+    options = _run_options(settings, run_options or {})
     if data and manifest or not (data or manifest or upload_only):
         raise ConfigError("give the data as exactly one of -d/--data DIR or -m/--manifest FILE "
                           "(only --upload-only may leave both out, to commit the source alone)")
@@ -124,8 +137,9 @@ def deploy(
     if upload_only:
         emit(result, session.json, None)
         return 0
-    conf = {"source": source_commit.repo, "source_ref": source_commit.id, "data": data_commit.repo,
-            "data_ref": data_commit.id, **options}
+    inputs = RunInputs(source=source_commit.repo, source_ref=source_commit.id, data=data_commit.repo,
+                       data_ref=data_commit.id)
+    conf = {**inputs.model_dump(), **options.conf()}
     if server is not None:
         for flag, value in (("--parallelism", parallelism), ("--allow-cpu-fallback", allow_cpu_fallback)):
             if value:
