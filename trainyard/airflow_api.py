@@ -1,11 +1,12 @@
-"""A small client for Airflow's REST API v2 (server mode), turning each server error into one clear line."""
+"""A small client for Airflow's REST API v2 (server mode) on httpx, turning each server error into one clear line."""
 
 from __future__ import annotations
 
+import functools
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
+
+import httpx
 
 from trainyard.errors import ConfigError, NotFound, TrainyardError
 
@@ -70,27 +71,25 @@ class AirflowClient:
     def __repr__(self) -> str:
         return f"AirflowClient({self.endpoint!r}, user={self.username!r})"
 
-    def _send(self, method: str, path: str, body=None, token: str | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.endpoint + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        request.add_header("Accept", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
+    @functools.cached_property
+    def _http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.endpoint, timeout=self.timeout, headers={"Accept": "application/json"})
+
+    def _send(self, method: str, path: str, body=None, token: str | None = None) -> tuple[int, dict]:
+        """One request: (HTTP status, JSON body or {"detail": text}); no answer at all is ServerUnreachable."""
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-                return response.status, json.loads(raw) if raw else {}
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                return exc.code, json.loads(raw)
-            except ValueError:
-                return exc.code, {"detail": raw.decode(errors="replace")[:300] or exc.reason}
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ServerUnreachable(f"cannot reach Airflow at {self.endpoint}: {reason}; is its api-server running? "
+            response = self._http.request(method, path, json=body, headers=headers)
+        except httpx.TimeoutException:
+            raise ServerUnreachable(f"Airflow at {self.endpoint} did not answer within {self.timeout:g} s; is its "
+                                    "api-server stalled or overloaded? Try again, or check its logs") from None
+        except httpx.HTTPError as exc:
+            raise ServerUnreachable(f"cannot reach Airflow at {self.endpoint}: {exc}; is its api-server running? "
                                     "(change the address with `trainyard init -e URL`)") from None
+        try:
+            return response.status_code, response.json() if response.content else {}
+        except ValueError:
+            return response.status_code, {"detail": response.text[:300] or response.reason_phrase}
 
     @property
     def token(self) -> str:

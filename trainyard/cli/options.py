@@ -20,7 +20,7 @@ EXIT_CODES = """exit codes:
   2  bad input: options, bundle layout, resources, settings (nothing was stored)
   3  not found or ambiguous: unknown repo, short id, model, DAG or run
   4  server mode: Airflow refused the login (wrong user or password)
-  5  server mode: Airflow cannot be reached, or answered with a server error
+  5  server mode: Airflow cannot be reached, does not answer in time, or answered with a server error
   130  interrupted (Ctrl-C)
 """
 # Click rewraps help paragraphs; a paragraph that opens with \b keeps its lines.
