@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
+import tenacity
+
 from trainyard.errors import TrainyardError
 from trainyard.store.versioned import Commit, Store, _Bar, check_repo_name, progress_bars_enabled
 from trainyard.urlpolicy import HostLookupError, UrlPolicy, UrlPolicyError, redact
@@ -273,56 +275,69 @@ def _fetch_file(entry: ManifestEntry, sink: _Sink) -> None:
         raise _Permanent(f"cannot read {path} ({exc.strerror or exc})") from None
 
 
+def _download(entry: ManifestEntry, dest: Path, policy: UrlPolicy, *, timeout: float, s3_client,
+              progress: Callable[[int], Any] | None) -> tuple[int, str]:
+    """One attempt: download entry to dest through a temp file, verified; returns (bytes written, sha256). Raises
+    _Transient for what another attempt may fix; nothing of a failed attempt is left behind."""
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    sink = None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            sink = _Sink(out, entry, progress)
+            # Re-checked here, not only when parsing: DNS answers can change in between.
+            try:
+                scheme = policy.check(entry.url).scheme.lower()
+            except HostLookupError as exc:
+                raise _Transient(str(exc)) from None
+            except UrlPolicyError as exc:
+                raise _Permanent(str(exc)) from None
+            if scheme in ("http", "https"):
+                _fetch_http(entry, sink, policy, timeout)
+            elif scheme == "s3":
+                _fetch_s3(entry, sink, s3_client if s3_client is not None else _s3_client())
+            else:
+                _fetch_file(entry, sink)
+            sink.verify()
+        os.replace(tmp, dest)
+        return sink.written, sink.digest.hexdigest()
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, _Transient) and progress and sink is not None and sink.written:
+            progress(-sink.written)  # the next attempt counts its bytes again
+        raise
+
+
+def _backoff(base: float) -> Callable[[tenacity.RetryCallState], float]:
+    """Exponential waits (base, 2 x base, 4 x base ...), never shorter than the server's Retry-After."""
+    exponential = tenacity.wait_exponential(multiplier=base)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        retry_after = getattr(state.outcome.exception(), "retry_after", None) if state.outcome else None
+        return max(exponential(state), retry_after or 0.0)
+
+    return wait
+
+
 def _fetch(entry: ManifestEntry, dest: Path, policy: UrlPolicy, *, attempts: int, backoff: float, timeout: float,
            s3_client, progress: Callable[[int], Any] | None) -> tuple[int, int, str]:
-    """Download one entry to dest; returns (bytes written, retries, sha256). Raises ManifestError once attempts are
-    spent."""
+    """Download one entry to dest, retrying transient failures; returns (bytes written, retries, sha256). Raises
+    ManifestError naming the line once attempts are spent, or at once for a failure another attempt cannot fix."""
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
     dest.parent.mkdir(parents=True, exist_ok=True)
     shown = redact(entry.url)
-    for attempt in range(attempts):
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        tmp = Path(tmp_name)
-        sink = None
-        try:
-            with os.fdopen(fd, "wb") as out:
-                sink = _Sink(out, entry, progress)
-                # Re-checked here, not only when parsing: DNS answers can change in between.
-                try:
-                    scheme = policy.check(entry.url).scheme.lower()
-                except HostLookupError as exc:
-                    raise _Transient(str(exc)) from None
-                except UrlPolicyError as exc:
-                    raise _Permanent(str(exc)) from None
-                if scheme in ("http", "https"):
-                    _fetch_http(entry, sink, policy, timeout)
-                elif scheme == "s3":
-                    _fetch_s3(entry, sink, s3_client if s3_client is not None else _s3_client())
-                else:
-                    _fetch_file(entry, sink)
-                sink.verify()
-            os.replace(tmp, dest)
-            return sink.written, attempt, sink.digest.hexdigest()
-        except UrlPolicyError as exc:
-            # Raised from inside urllib: a redirect or the connected address broke the policy.
-            tmp.unlink(missing_ok=True)
-            raise ManifestError(f"line {entry.line} ({shown}): {exc}") from None
-        except _Permanent as exc:
-            tmp.unlink(missing_ok=True)
-            raise ManifestError(f"line {entry.line} ({shown}): {exc}") from None
-        except _Transient as exc:
-            tmp.unlink(missing_ok=True)
-            if progress and sink is not None and sink.written:
-                progress(-sink.written)
-            if attempt + 1 == attempts:
-                raise ManifestError(f"line {entry.line} ({shown}): {exc} (after {attempts} attempts)") from None
-            delay = backoff * (2 ** attempt)
-            time.sleep(max(delay, exc.retry_after or 0.0))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    raise AssertionError("unreachable")
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(attempts), wait=_backoff(backoff),
+                                 retry=tenacity.retry_if_exception_type(_Transient), reraise=True)
+    try:
+        written, sha = retrying(_download, entry, dest, policy, timeout=timeout, s3_client=s3_client,
+                                progress=progress)
+    except (UrlPolicyError, _Permanent) as exc:
+        # UrlPolicyError comes from inside urllib too: a redirect or the connected address broke the policy.
+        raise ManifestError(f"line {entry.line} ({shown}): {exc}") from None
+    except _Transient as exc:
+        raise ManifestError(f"line {entry.line} ({shown}): {exc} (after {attempts} attempts)") from None
+    return written, retrying.statistics["attempt_number"] - 1, sha
 
 
 def fetch(entry: ManifestEntry, dest: Path, policy: UrlPolicy, *, attempts: int = 3, backoff: float = 0.2,

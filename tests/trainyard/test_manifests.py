@@ -29,6 +29,7 @@ class _Handler(BaseHTTPRequestHandler):
         with state["lock"]:
             state["hits"][self.path] += 1
             hit = state["hits"][self.path]
+            state["times"].setdefault(self.path, []).append(time.monotonic())
             state["in_flight"] += 1
             state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
         try:
@@ -38,6 +39,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = state["files"].get(self.path)
             if isinstance(action, int):
                 self._send(action, b"try again later\n")
+            elif isinstance(action, tuple):  # (status, Retry-After seconds)
+                self._send(action[0], b"try again later\n", {"Retry-After": action[1]})
             elif action == "redirect":
                 self.send_response(302)
                 self.send_header("Location", state["redirects"][self.path])
@@ -69,8 +72,10 @@ class _Handler(BaseHTTPRequestHandler):
             with state["lock"]:
                 state["in_flight"] -= 1
 
-    def _send(self, status: int, body: bytes) -> None:
+    def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -91,7 +96,7 @@ def server(monkeypatch):
     """A real HTTP server on 127.0.0.1 (free port), stopped after the test."""
     httpd = _Server(("127.0.0.1", 0), _Handler)
     httpd.state = {"lock": threading.Lock(), "hits": Counter(), "files": {}, "scripts": {}, "redirects": {},
-                   "in_flight": 0, "max_in_flight": 0, "delay": 0.0}
+                   "in_flight": 0, "max_in_flight": 0, "delay": 0.0, "times": {}}
     # A proxy from the environment would sit between urllib and this server; these tests talk to it directly.
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
@@ -159,6 +164,20 @@ def test_a_url_that_fails_twice_with_503_is_retried_and_ingested(server, store):
     assert server.state["hits"]["/flaky.csv"] == 3 and server.state["hits"]["/steady.csv"] == 1
     assert stats["retries"] == 2
     assert store.get_blob_bytes(commit.manifest["data/flaky.csv"]["sha256"]) == flaky
+
+
+def test_retries_back_off_exponentially_and_honour_retry_after(server, tmp_path):
+    data = b"eventually\n"
+    server.state["scripts"]["/backoff.csv"] = [503, 503]
+    server.state["scripts"]["/later.csv"] = [(503, "1")]
+    assert fetch(ManifestEntry(1, serve(server, "backoff.csv", data), "a.csv"), tmp_path / "a", LOCAL,
+                 backoff=0.2) == len(data)
+    first, second, third = server.state["times"]["/backoff.csv"]
+    assert second - first >= 0.2 and third - second >= 0.4  # backoff, then twice that
+    assert fetch(ManifestEntry(2, serve(server, "later.csv", data), "b.csv"), tmp_path / "b", LOCAL,
+                 backoff=0.01) == len(data)
+    early, late = server.state["times"]["/later.csv"]
+    assert late - early >= 1.0  # the server's Retry-After, not the 0.01 s backoff
 
 
 def test_429_is_retried_but_other_4xx_fail_at_once(server, store):
