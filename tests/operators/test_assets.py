@@ -58,11 +58,24 @@ def test_caption_pipeline_processes_the_commit_its_event_names(monkeypatch):
 
 @pytest.mark.parametrize("setting", ["false", None])
 def test_commits_are_not_announced_unless_asked(airflow_db, tmp_path, monkeypatch, capsys, setting):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    _sync_dags_to_db()  # caption_pipeline is scheduled on rawdata: an announced commit would be an event for it
     if setting is None:
         monkeypatch.delenv("TRAINYARD_ANNOUNCE_COMMITS", raising=False)
     else:
         monkeypatch.setenv("TRAINYARD_ANNOUNCE_COMMITS", setting)
+
+    def events() -> int:
+        with create_session() as session:
+            asset = session.query(AssetModel).filter_by(uri="trainyard://repos/rawdata").one()
+            return session.query(AssetEvent).filter_by(asset_id=asset.id).count()
+
+    before = events()
     captions = tmp_path / "captions.tsv"
-    captions.write_text("x\n")
-    assert main(["--store", f"file://{tmp_path / 'store'}", "data", "put", "notes", str(captions)]) == 0
+    captions.write_text("a blue square\thttp://example.com/b.png\n")
+    assert main(["--store", f"file://{tmp_path / 'store'}", "data", "put", "rawdata", str(captions),
+                 "--split", "line"]) == 0
     assert "announced" not in capsys.readouterr().err
+    assert events() == before

@@ -15,7 +15,7 @@ import pytest
 from airflow.sdk import DAG
 
 from operators import TrainyardStepOperator
-from operators.step import KILL_GRACE_SECONDS, GpuUnavailable, StepKilled, local_gpu_count
+from operators.step import KILL_GRACE_SECONDS, GpuUnavailable, StepFailed, StepKilled, local_gpu_count
 from operators.step_logs import KILLED_LINE
 from trainyard.store import keys, open_store
 
@@ -40,7 +40,7 @@ def test_gpu_request_without_gpus_is_a_clear_error(tmp_path, monkeypatch):
 def test_cpu_fallback_runs_the_rendered_command(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAINYARD_ALLOW_CPU_FALLBACK", "true")
     # The fallback lets the step start; the build step then fails on the missing repo, proving it really ran.
-    with pytest.raises(Exception, match="exited with code 1.*repo 'nothing' has no commits|no branch"):
+    with pytest.raises(StepFailed, match=r"^step 'train' exited with code 1: .*NotFound: repo 'nothing' has no branch"):
         _gpu_step(tmp_path).execute({})
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from trainyard import runs
 from trainyard.bundles import DataBundle, SourceBundle, deploy_bundle
 from trainyard.store import open_store
 
@@ -87,9 +89,17 @@ def test_train_contract_env_params_and_outputs(deployed, tmp_path):
 
 def test_failed_training_fails_the_step_with_its_last_lines_and_keeps_the_log(deployed, tmp_path):
     uri, store, src, data = deployed(exit_code=3)
-    proc, result = run_step("train", ["--source", f"probe:{src.id}", "--data", f"probe-data:{data.id}"], uri, tmp_path)
+    proc, result = run_step("train", ["--source", f"probe:{src.id}", "--data", f"probe-data:{data.id}",
+                                      "--pipeline", "probe_pipeline"], uri, tmp_path,
+                            {"TRAINYARD_RUN_ID": "manual__probe"})
     assert proc.returncode == 3 and result is None
     assert "training failed with exit code 3" in proc.stderr and "cwd" in proc.stderr
+    model_id = re.search(r"^training model (\S+): source", proc.stdout, re.M).group(1)
+    failure = runs.load_failure(store, "probe_pipeline", "manual__probe", model_id)
+    assert failure.exit_code == 3
+    # the failure record keeps the whole log the training wrote, not only the last lines on stderr
+    log = store.get_blob_bytes(failure.log).decode()
+    assert re.fullmatch(r"cwd /\S+/src/model\n", log), log  # the probe's one line, then exit 3
 
 
 def test_text_metrics_are_kept_as_text_and_a_non_object_is_rejected(deployed, tmp_path):
