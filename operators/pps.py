@@ -190,8 +190,8 @@ def transform_pod(pod, transform: dict, secrets: Sequence[dict], step_image: str
 
     base = pod.spec.containers[0]
     if not transform.get("image"):
-        raise AirflowException(f"pipeline transform has no image; on the kubernetes runner transform.image is what "
-                               f"runs (locally the --source bundle does); add it to the spec")
+        raise AirflowException("pipeline transform has no image; on the kubernetes runner transform.image is what "
+                               "runs (locally the --source bundle does); add it to the spec")
     mounts = {name: k8s.V1VolumeMount(name=name, mount_path=path) for name, path in PFS_VOLUMES.items()}
     env = [k8s.V1EnvVar(name=k, value=str(v)) for k, v in sorted((transform.get("env") or {}).items())]
     volumes = [k8s.V1Volume(name=name, empty_dir=k8s.V1EmptyDirVolumeSource()) for name in PFS_VOLUMES]

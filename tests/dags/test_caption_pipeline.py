@@ -17,17 +17,6 @@ CAPTIONING = REPO / "templates" / "captioning"
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def image_server():
-    """The template's own server (serve.py) on a free port of 127.0.0.1, stopped at the end."""
-    proc = subprocess.Popen([sys.executable, str(CAPTIONING / "serve.py"), "--port", "0"], stdout=subprocess.PIPE,
-                            text=True)
-    try:
-        yield proc.stdout.readline().strip().rstrip("/")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
 
 def _plan(run_id: str, task_id: str) -> dict:
     from airflow.models.xcom import XComModel

@@ -28,17 +28,6 @@ pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not pfs_support()[0], reason=f"the /pfs view needs bubblewrap: {pfs_support()[1]}")]
 
 
-@pytest.fixture
-def image_server():
-    """The template's own server (serve.py) on a free port of 127.0.0.1, stopped at the end."""
-    proc = subprocess.Popen([sys.executable, str(CAPTIONING / "serve.py"), "--port", "0", "--quiet"],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        yield proc.stdout.readline().strip().rstrip("/")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
 
 @pytest.fixture
 def forget_pipeline_dags():

@@ -24,17 +24,6 @@ pytestmark = pytest.mark.e2e
 STEPS = ("images", "features", "consolidate")
 
 
-@pytest.fixture(scope="module")
-def image_server():
-    """The template's own image server (serve.py) on 127.0.0.1, which the images step's pods reach."""
-    proc = subprocess.Popen([sys.executable, str(CAPTIONING / "serve.py"), "--port", "0"], stdout=subprocess.PIPE,
-                            text=True)
-    try:
-        yield proc.stdout.readline().strip().rstrip("/")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
 
 def _plans(client, run_id: str) -> dict[str, dict]:
     return {step: client.call("GET", f"/api/v2/dags/caption_pipeline/dagRuns/{run_id}/taskInstances/{step}_plan"

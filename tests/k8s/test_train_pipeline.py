@@ -268,7 +268,7 @@ def test_a_gpu_pod_no_node_can_take_fails_with_the_schedulers_reason(k8s_profile
     assert failure["error"] == f"step 'train': no node took its pod within 20 s: {reason}"
     assert main(["logs", "--run-id", run_id, "--step", "train"]) == 0
     logs = capsys.readouterr().out
-    assert f"waiting: {reason}" in logs and f"failed: step 'train': no node took its pod within 20 s" in logs
+    assert f"waiting: {reason}" in logs and "failed: step 'train': no node took its pod within 20 s" in logs
 
 
 def test_a_gpu_pod_waits_with_insufficient_gpus_while_the_gpu_node_is_full(k8s_profile, kube, store, bundles,

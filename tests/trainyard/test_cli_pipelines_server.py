@@ -39,16 +39,6 @@ def profile(airflow_server, tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-@pytest.fixture
-def image_server():
-    proc = subprocess.Popen([sys.executable, str(CAPTIONING / "serve.py"), "--port", "0", "--quiet"],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        yield proc.stdout.readline().strip().rstrip("/")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
 
 def _wait_for(what: str, check, client, timeout: float = 480):
     deadline = time.monotonic() + timeout
