@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO
 from training_images.sandbox import pfs_support
-from trainyard import config, pps
+from trainyard import pps
 from trainyard.cli import _open_store, main
 from trainyard.store import keys
 
@@ -54,7 +54,7 @@ def _wait_for(what: str, check, client, timeout: float = 480):
 def test_the_captioning_specs_run_on_the_server_started_by_data_commits(airflow_server, profile, tmp_path, capsys,
                                                                          image_server):
     client = airflow_server.client()
-    store = _open_store(config.load().store)
+    store = _open_store(airflow_server.store_uri)  # the store `trainyard init` saved in the profile
     started = time.monotonic()
     try:
         assert main(["pipeline", "create", "-f", str(CAPTIONING / "pipelines"), "--source",
