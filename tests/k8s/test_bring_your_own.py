@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from tests.conftest import REPO
-from tests.k8s.test_train_pipeline import PodWatcher
+from tests.k8s.podwatch import PodWatcher
 from trainyard import runs
 from trainyard.cli import main
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tests.k8s.test_train_pipeline import PodWatcher
+from tests.k8s.podwatch import PodWatcher
 from trainyard.bundles import SourceBundle, deploy_bundle
 from trainyard.datums import put_file
 from trainyard import runs

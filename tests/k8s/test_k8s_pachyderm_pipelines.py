@@ -14,7 +14,7 @@ import time
 import pytest
 from kubernetes import client
 
-from tests.k8s.test_train_pipeline import PodWatcher
+from tests.k8s.podwatch import PodWatcher
 from trainyard.cli import main
 
 pytestmark = pytest.mark.e2e
