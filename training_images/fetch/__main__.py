@@ -13,7 +13,7 @@ from trainyard.contract import store_from_env
 from trainyard.store import parse_ref
 
 # Appended to the bundle's Dockerfile so train pods run the same step entrypoint inside the user's image.
-# The runtime is pure Python (trainyard + boto3 + tqdm) installed with `pip --target` in the steps image.
+# The runtime is pure Python (trainyard and its pinned dependencies) installed with `pip --target` in the steps image.
 RUNTIME_LAYER = """
 # --- added by trainyard: the step runtime, so this image can run `python3 -m training_images.train`
 COPY --from={step_image} /opt/trainyard/lib /opt/trainyard/lib

@@ -75,27 +75,48 @@ def progress_bars_enabled(quiet: bool) -> bool:
 
 
 class _Bar:
-    """A tqdm bar on a terminal, nothing otherwise; safe to update from worker threads."""
+    """A rich progress bar on stderr when it is a terminal, nothing otherwise; safe to update from worker threads.
 
-    def __init__(self, total: int, desc: str, enabled: bool, position: int = 0) -> None:
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
+    Bars open at the same time (hashing while uploading) share one live display: rich draws one at a time.
+    """
 
-            # Some terminals (and ptys) report a width of 0; fall back to a sane width rather than draw nothing.
-            width = shutil.get_terminal_size((100, 24)).columns or 100
-            self._bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                             position=position, leave=True, file=sys.stderr, ncols=min(width, 120))
-        self._lock = threading.Lock()
+    _progress = None
+    _open = 0
+    _lock = threading.Lock()
+
+    def __init__(self, total: int | None, desc: str, enabled: bool) -> None:
+        self._task = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
+
+        with _Bar._lock:
+            if _Bar._progress is None:
+                # Some ptys report a width of 0; fall back to a sane width rather than draw nothing.
+                width = min(shutil.get_terminal_size((100, 24)).columns or 100, 120)
+                _Bar._progress = Progress(
+                    TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                    DownloadColumn(binary_units=True), TransferSpeedColumn(), TimeRemainingColumn(),
+                    console=Console(file=sys.stderr, width=width), refresh_per_second=8)
+                _Bar._progress.start()
+            _Bar._open += 1
+            self._task = _Bar._progress.add_task(desc, total=total)
 
     def update(self, n: int) -> None:
-        if self._bar is not None:
-            with self._lock:
-                self._bar.update(n)
+        if self._task is not None:
+            _Bar._progress.advance(self._task, n)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        if self._task is None:
+            return
+        with _Bar._lock:
+            _Bar._open -= 1
+            if _Bar._open == 0:
+                _Bar._progress.stop()
+                _Bar._progress = None
+        self._task = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,8 +244,8 @@ class Store:
         known_hashes = known_hashes or {}
         total = sum(p.stat().st_size for p in files.values())
         bars = progress_bars_enabled(quiet)
-        hashing = _Bar(total, f"hashing {desc}".strip(), bars, 0)
-        uploading = _Bar(total, f"uploading {desc}".strip(), bars, 1)
+        hashing = _Bar(total, f"hashing {desc}".strip(), bars)
+        uploading = _Bar(total, f"uploading {desc}".strip(), bars)
         report = UploadReport(manifest={})
         lock = threading.Lock()
         claimed: set[str] = set()
