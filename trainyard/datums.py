@@ -189,67 +189,6 @@ def _put_on_head(store: Store, repo: str, file: Path, dest: str, split: str | No
 
 
 # -- glob -----------------------------------------------------------------------------------------------------------
-def _segment_regex(segment: str, pattern: str) -> str:
-    """Translate one '/'-free glob segment: * ? [...] {a,b}, (...) as a capture group and \\ as an escape."""
-    out: list[str] = []
-    depth = 0
-    in_brace = False
-    i = 0
-    while i < len(segment):
-        c = segment[i]
-        if c == "\\":
-            if i + 1 == len(segment):
-                raise GlobError(f"glob {pattern!r} ends a segment with a lone backslash")
-            out.append(re.escape(segment[i + 1]))
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = i + 1
-            if j < len(segment) and segment[j] in "!^":
-                j += 1
-            if j < len(segment) and segment[j] == "]":
-                j += 1  # a ']' right after '[' is a literal member, as in fnmatch
-            end = segment.find("]", j)
-            if end == -1:
-                raise GlobError(f"glob {pattern!r} has an unclosed '['")
-            body = segment[i + 1:end].replace("\\", "\\\\")
-            negated = body[:1] in ("!", "^")
-            body = body[1:] if negated else body
-            out.append(f"[^/{body}]" if negated else f"[{body}]")
-            i = end + 1
-            continue
-        elif c == "{":
-            if in_brace:
-                raise GlobError(f"glob {pattern!r} nests '{{' alternatives, which is not supported")
-            in_brace = True
-            out.append("(?:")
-        elif c == "," and in_brace:
-            out.append("|")
-        elif c == "}" and in_brace:
-            in_brace = False
-            out.append(")")
-        elif c == "(":
-            depth += 1
-            out.append("(")
-        elif c == ")":
-            if depth == 0:
-                raise GlobError(f"glob {pattern!r} has a ')' without its '('")
-            depth -= 1
-            out.append(")")
-        else:
-            out.append(re.escape(c))
-        i += 1
-    if in_brace:
-        raise GlobError(f"glob {pattern!r} has an unclosed '{{'")
-    if depth:
-        raise GlobError(f"glob {pattern!r} has an unclosed '(' (a capture group must stay within one path segment)")
-    return "".join(out)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Glob:
     segments: int
@@ -271,7 +210,8 @@ def _compile(pattern: str) -> _Glob:
             raise GlobError(f"glob {pattern!r} has an empty path segment ('//')")
         if segment == "**":
             raise GlobError(f"glob {pattern!r} uses '**', which is not supported; give one '*' per directory level")
-    regex = "/".join(_segment_regex(s, pattern) for s in segments)
+    # The same translation as Pachyderm's globs (below), with '**' refused above.
+    regex, _ = _pfs_glob_regex(body, pattern)
     return _Glob(len(segments), re.compile(regex), dirs_only)
 
 
