@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import urllib.parse
-
-import httpx
+from typing import TYPE_CHECKING
 
 from trainyard.errors import ConfigError, NotFound, TrainyardError
+
+if TYPE_CHECKING:
+    import httpx
 
 TERMINAL_RUN_STATES = {"success", "failed"}
 FINISHED_TASK_STATES = {"success", "failed", "skipped", "upstream_failed", "removed"}
@@ -73,10 +75,15 @@ class AirflowClient:
 
     @functools.cached_property
     def _http(self) -> httpx.Client:
+        # Imported here: httpx costs 50 ms at start-up, and only server-mode commands talk to Airflow.
+        import httpx
+
         return httpx.Client(base_url=self.endpoint, timeout=self.timeout, headers={"Accept": "application/json"})
 
     def _send(self, method: str, path: str, body=None, token: str | None = None) -> tuple[int, dict]:
         """One request: (HTTP status, JSON body or {"detail": text}); no answer at all is ServerUnreachable."""
+        import httpx
+
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             response = self._http.request(method, path, json=body, headers=headers)
