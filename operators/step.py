@@ -20,7 +20,7 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.providers.cncf.kubernetes.secret import Secret
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
 from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException, AirflowTaskTimeout
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException, AirflowTaskTimeout
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
@@ -55,8 +55,12 @@ class PodRefused(AirflowException):
     """A pod would be refused by the Kubernetes API server (a label, a quantity, a GPU request); nothing was made."""
 
 
-class PodNotScheduled(AirflowException):
-    """No node took a step's pod within `[trainyard] schedule_timeout`; the message carries the scheduler's reason."""
+class PodNotScheduled(AirflowFailException):
+    """No node took a step's pod within `[trainyard] schedule_timeout`; the message carries the scheduler's reason.
+
+    It fails the task without retries: another try would wait as long for the same reason (give a cluster whose
+    nodes scale up a longer schedule_timeout instead).
+    """
 
 
 class GpuUnavailable(AirflowException):

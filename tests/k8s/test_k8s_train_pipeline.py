@@ -226,11 +226,14 @@ def test_a_gpu_pod_no_node_can_take_fails_with_the_schedulers_reason(k8s_profile
         time.sleep(1)
     assert f"train waiting: {reason}" in seen_in_list
     # It fails after [trainyard] schedule_timeout (20 s here) with that reason, not after 15 minutes of silence.
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not _finished(store, run_id):
-        time.sleep(2)
+    with PodWatcher(kube) as watcher:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not _finished(store, run_id):
+            time.sleep(2)
     assert _finished(store, run_id), "the run did not end"
     assert time.monotonic() - started < 150
+    # One pod, one wait: no retry waits another schedule_timeout for the same reason.
+    assert len(watcher.of_run(run_id, "train")) == 1, _describe(watcher.of_run(run_id))
     assert main(["list", "--json"]) == 0
     record = next(r for r in json.loads(capsys.readouterr().out) if r.get("parameters", {}).get("run_id") == run_id)
     [failure] = record["run_summary"]["outputs"]["failures"]

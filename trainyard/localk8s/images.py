@@ -262,8 +262,11 @@ class ImageSet:
         key = _sha(base, dockerfile.read_bytes(), _tree_bytes([bundle]))
         return self._ensure(f"templates/{name}", key, lambda local: self.buildah.bud(bundle, dockerfile, local))
 
-    def _single_binary(self, name: str, binary: Path, links: dict[str, str], entrypoint: str) -> str:
-        key = _sha(binary.read_bytes(), repr(sorted(links.items())), entrypoint)
+    def _single_binary(self, name: str, binary: Path, links: dict[str, str], entrypoint: str,
+                       scripts: Iterable[Path] = ()) -> str:
+        """An image of one static binary with its applet links (and shell scripts beside it) in /bin."""
+        scripts = list(scripts)
+        key = _sha(binary.read_bytes(), repr(sorted(links.items())), entrypoint, *(p.read_bytes() for p in scripts))
 
         def build(local: str) -> None:
             with tempfile.TemporaryDirectory(prefix="trainyard-img-") as tmp:
@@ -272,6 +275,9 @@ class ImageSet:
                 shutil.copy(binary, root / "bin" / binary.name)
                 for link, target in links.items():
                     (root / "bin" / link).symlink_to(target)
+                for script in scripts:
+                    shutil.copy(script, root / "bin" / script.stem)
+                    (root / "bin" / script.stem).chmod(0o755)
                 (root / "tmp").mkdir()
                 tarball = Path(tmp) / "root.tar"
                 subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tarball), "."], check=True)
@@ -284,9 +290,11 @@ class ImageSet:
 
     def xcom_sidecar(self) -> str:
         busybox = Path(shutil.which("busybox") or "/bin/busybox")
-        # Airflow's sidecar runs `sh -c 'trap "exit 0" INT; while true; do sleep 1; done;'` and is read with cat.
-        return self._single_binary("trainyard/xcom-sidecar", busybox,
-                                   {name: "busybox" for name in ("sh", "sleep", "cat", "kill", "mkdir", "ls")}, "")
+        # Airflow's sidecar runs `sh -c 'trap "exit 0" INT; while true; do sleep 1; done;'`, is read with cat, and
+        # is stopped with `kill -2 $(pgrep -u $(id -u) -f 'sh')` (pgrep: a script, busybox-static has no applet).
+        applets = ("sh", "sleep", "cat", "kill", "mkdir", "ls", "id", "stat", "tr")
+        return self._single_binary("trainyard/xcom-sidecar", busybox, {name: "busybox" for name in applets}, "",
+                                   scripts=[IMAGES_DIR / "pgrep.sh"])
 
 
 def ensure_node_images(cluster, with_optional: Iterable[str] = ()) -> dict[str, str]:
