@@ -93,9 +93,12 @@ def test_the_captioning_specs_run_on_the_server_started_by_data_commits(airflow_
         assert len(store.resolve("images").manifest) == 100
         # nobody triggered anything: every run of the chain was started by an Asset event
         for name in ("images", "features", "consolidate", "model"):
+            # A job's record is written by its last task, a moment before Airflow marks the run itself finished.
+            _wait_for(f"a successful run of pps_{name}",
+                      lambda name=name: any(r["state"] == "success" for r in client.runs(pps.dag_id(name))), client,
+                      timeout=60)
             kinds = {r["run_type"] for r in client.runs(pps.dag_id(name))}
             assert kinds == {"asset_triggered"}, (name, kinds)
-            assert any(r["state"] == "success" for r in client.runs(pps.dag_id(name)))
         images_job = store.get_json(keys.pps_state("images"))
         assert images_job["inputs"][0]["commit"] == put["commit"] and images_job["datums"] == 20
 
