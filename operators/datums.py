@@ -93,7 +93,7 @@ class PlanDatumsOperator(BaseOperator):
         pipeline = context["dag"].dag_id
         pending = [name for name, unit in sorted(units.items())
                    if not has_record(store, pipeline, self.step, datum_key(unit["id"], version, self.step_params))]
-        settings = config.load(store=self.store_uri)
+        settings = self.hook.settings  # the settings the store was opened with, read once
         chunks = chunk(pending, self.max_tasks or settings.max_datum_tasks) if pending else []
         self.log.info("%s: %s datum(s) from %s (%s); %s to process in %s task(s), %s already processed",
                       self.step, len(units), ", ".join(f"{r['repo']}:{r['commit'][:5]}" for r in resolved),

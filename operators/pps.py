@@ -91,7 +91,7 @@ class PlanPipelineOperator(BaseOperator):
         dag_id = context["dag"].dag_id
         pending = [i for i, d in sorted(datums.items(), key=lambda kv: datum_label(kv[1]))
                    if not has_record(store, dag_id, pps.TRANSFORM_STEP, datum_key(i, self.version, {}))]
-        workers = min(spec.parallelism_spec.constant, config.load(store=self.store_uri).max_datum_tasks)
+        workers = min(spec.parallelism_spec.constant, self.hook.settings.max_datum_tasks)
         chunks = chunk(pending, workers) if pending else []
         self.log.info("%s: %s datum(s) from %s; %s to process in %s task(s), %s already processed", self.pipeline,
                       len(datums), ", ".join(f"{r['repo']}:{(r['commit'] or 'empty')[:5]}" for r in resolved),

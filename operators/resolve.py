@@ -93,7 +93,7 @@ class ResolveInputsOperator(BaseOperator):
 
     def execute(self, context) -> dict:
         started = time.time()
-        settings = config.load(store=self.store_uri)
+        settings = self.hook.settings  # the settings the store was opened with, read once
         options, declared = self._options(settings)
         store = self.hook.get_conn()
         pipeline, run_id = context["dag"].dag_id, context["run_id"]
