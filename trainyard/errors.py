@@ -32,6 +32,8 @@ class AmbiguousId(TrainyardError):
 class CorruptBlob(StoreError):
     """A downloaded blob does not match its sha256."""
 
+    exit_code = 7
+
 
 class ConflictError(StoreError):
     """A branch moved under us more times than we were willing to retry."""
@@ -51,3 +53,32 @@ class ResourceError(TrainyardError):
 
 class StepError(TrainyardError):
     """A pipeline step failed."""
+
+
+# -- infrastructure: each has its own exit code (README "Exit codes") ----------------------------------------------
+class StoreUnavailable(StoreError):
+    """The store's endpoint cannot be reached, or stopped answering within the configured timeouts and retries."""
+
+    exit_code = 5
+
+
+class CredentialsRefused(StoreError):
+    """The store refused the credentials it was given (or was given none)."""
+
+    exit_code = 4
+
+
+class StoreMissing(NotFound):
+    """The store itself does not exist: a bucket that is missing, or a file:// path that does not."""
+
+
+class StoreNotWritable(StoreError):
+    """The store cannot be written: the disk is full, or the store is read-only."""
+
+    exit_code = 6
+
+
+class DamageFound(StoreError):
+    """`trainyard fsck` found blobs or references that are damaged or missing."""
+
+    exit_code = 7
