@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -36,6 +37,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # How long a stopped step gets to exit after SIGTERM before SIGKILL; below the 5 s the Airflow supervisor gives the
 # task itself, so the task can still record the failure and close the step's store log.
 KILL_GRACE_SECONDS = 3.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class StepFailed(AirflowException):
@@ -88,6 +90,15 @@ def _await_group_exit(pgid: int, grace: float) -> None:
             return
         time.sleep(0.05)
     _signal_group(pgid, signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    """In the step's child, before exec: SIGKILL it when the thread that started it dies, so a killed `trainyard
+    deploy` (SIGKILL, no handler runs) takes its training with it instead of leaving it to run unsupervised."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(137)
 
 
 def local_gpu_count() -> int:
@@ -540,8 +551,12 @@ class TrainyardStepOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kube
             if self._kill_requested:
                 final = KILLED_LINE
                 raise StepKilled(f"step {self.task_id!r} {KILLED_LINE} before it started")
+            if timeout:
+                # The step enforces its deadline itself too (training_images.usercode), where it runs.
+                env = {**env, "TRAINYARD_DEADLINE": str(time.time() + timeout)}
             with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, bufsize=1, start_new_session=True) as proc:
+                                  text=True, bufsize=1, start_new_session=True,
+                                  preexec_fn=_die_with_parent) as proc:
                 self._proc = proc
 
                 def expire() -> None:

@@ -32,8 +32,13 @@ def _install(target: Path, requirements: bytes | None) -> None:
     if requirements and requirements.strip():
         req_file = target / "requirements.txt"
         req_file.write_bytes(requirements)
-        subprocess.run([sys.executable, "-m", "pip", "--python", str(target / "bin" / "python"), "install",
-                        "--disable-pip-version-check", "-r", str(req_file)], check=True)
+        # pip runs code from the requirements (a local package's setup.py): it gets user code's sandbox and env.
+        from training_images import sandbox
+        from training_images.usercode import user_env
+
+        argv, _ = sandbox.isolate([sys.executable, "-m", "pip", "--python", str(target / "bin" / "python"), "install",
+                                   "--disable-pip-version-check", "-r", str(req_file)], cwd=target, keep=[target])
+        subprocess.run(argv, check=True, env=user_env(None, {}, home=target))
 
 
 def ensure_venv(cache: str | Path, req_sha: str, requirements: bytes | None, log=print,

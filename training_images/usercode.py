@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -13,7 +16,9 @@ from trainyard import contract
 from trainyard.store.versioned import Commit
 
 # Env vars the user's code never needs; keeping store credentials out of its reach keeps them out of its logs.
-PRIVATE_ENV_PREFIXES = ("AWS_", "TRAINYARD_STORE", "AIRFLOW_CONN_", "AIRFLOW__")
+PRIVATE_ENV_PREFIXES = ("AWS_", "TRAINYARD_STORE", "TRAINYARD_PASSWORD", "TRAINYARD_USERNAME", "TRAINYARD_ENDPOINT",
+                        "AIRFLOW_CONN_", "AIRFLOW__", "AIRFLOW_VAR_", "KUBECONFIG", "TRAINYARD_DEADLINE")
+TIMEOUT_EXIT = 124
 
 
 def user_env(env_bin: Path | None, values: dict[str, str], home: Path) -> dict[str, str]:
@@ -28,17 +33,47 @@ def user_env(env_bin: Path | None, values: dict[str, str], home: Path) -> dict[s
     return env
 
 
-def run_streaming(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> tuple[int, list[str]]:
-    """Run user code, echoing each line to the step's log as it comes and keeping a copy; returns (code, tail)."""
+def _stop(proc: subprocess.Popen, expired: threading.Event) -> None:
+    expired.set()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_streaming(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path, *,
+                  deadline: float | None = None) -> tuple[int, list[str]]:
+    """Run user code, echoing each line to the step's log as it comes and keeping a copy; returns (code, tail).
+
+    The step enforces its own deadline (epoch seconds) where it runs, not only its parent: past it, user code's
+    whole process group is killed, the log says so, and the code is 124 (as GNU timeout's)."""
     tail: deque[str] = deque(maxlen=20)
+    expired = threading.Event()
     with open(log_path, "w") as log, subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                                      stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            log.write(line)
-            tail.append(line.rstrip())
-    return proc.returncode, list(tail)
+                                                      stderr=subprocess.STDOUT, text=True, errors="replace",
+                                                      bufsize=1, start_new_session=True) as proc:
+        timer = threading.Timer(max(0.0, deadline - time.time()), _stop, (proc, expired)) if deadline else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                log.write(line)
+                tail.append(line.rstrip())
+        except BaseException:
+            _stop(proc, threading.Event())  # the step itself is stopping: its user code must not outlive it
+            raise
+        finally:
+            if timer:
+                timer.cancel()
+        if expired.is_set():
+            line = "stopped: the step ran past its timeout and user code was killed"
+            log.write(line + "\n")
+            print(line, flush=True)
+            tail.append(line)
+    return (TIMEOUT_EXIT if expired.is_set() else proc.returncode), list(tail)
 
 
 def env_bin_for(commit: Commit, cache: str) -> Path | None:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, ValidationError
+from pydantic import AfterValidator, BeforeValidator, ValidationError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -22,9 +22,14 @@ from trainyard.resources import cpu_cores, memory_bytes
 
 RUNNERS = ("local", "kubernetes")
 PFS_MODES = ("auto", "always", "never")
+# How user code is kept from the store's credentials: `sandbox` (bubblewrap: its own PID namespace, credential files
+# hidden), `auto` (the sandbox where bubblewrap works; without it, refuse only when there are credentials to leak),
+# `none` (no isolation: it can read them), `pod` (set by trainyard in Kubernetes pods: the pod is the wall).
+ISOLATION_MODES = ("auto", "sandbox", "none", "pod")
 # Settings a step reads itself (URL policy of fetch steps, archive caps of the train step); none is a secret.
 STEP_SETTINGS = ("url_schemes", "url_allowed_hosts", "url_allow_private", "url_allow_loopback", "url_allow_file",
-                 "max_unpacked_size", "max_archive_members", "max_compression_ratio")
+                 "max_unpacked_size", "max_archive_members", "max_compression_ratio",
+                 "store_connect_timeout", "store_read_timeout", "store_retries")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -44,6 +49,14 @@ def _whole(minimum: int) -> BeforeValidator:
             raise ValueError(f"must be a whole number >= {minimum}")
         return int(text)
     return BeforeValidator(check)
+
+
+def _at_most(maximum: int) -> AfterValidator:
+    def check(value: int) -> int:
+        if value > maximum:
+            raise ValueError(f"must be at most {maximum}")
+        return value
+    return AfterValidator(check)
 
 
 def _flag(value: Any) -> bool:
@@ -76,6 +89,16 @@ def _ratio(value: Any) -> float:
     return number
 
 
+def _seconds(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or not 0 < number <= 3600:
+        raise ValueError("must be a number of seconds above 0 and at most 3600")
+    return number
+
+
 def _names(value: Any) -> tuple[str, ...]:
     """A comma-separated list (env and airflow.cfg) as lowercase names; a list or tuple is taken as it is."""
     items = value.split(",") if isinstance(value, str) else list(value)
@@ -92,6 +115,7 @@ def _store(value: Any) -> str:
 WholeNumber = Annotated[int, _whole(1)]
 Count = Annotated[int, _whole(0)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
+Seconds = Annotated[float, BeforeValidator(_seconds)]
 Cpu = Annotated[str, _quantity(cpu_cores, "0.5, 2 or 500m")]
 Memory = Annotated[str, _quantity(memory_bytes, "8Gi or 500M")]
 Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)]
@@ -120,6 +144,12 @@ class Settings(BaseSettings):
     store_conn_id: str = "trainyard_store"
     # Kubernetes Secret whose keys become the step container's AWS_* env vars.
     store_secret: str = "trainyard-store"
+    # How long the store may take before a command fails with exit 5 instead of hanging: seconds to connect and
+    # to wait for each answer, and retries (with backoff) after the first attempt. With the defaults a stalled S3
+    # endpoint fails within 3 x (5 + 12) s plus at most 3 s of backoff = 54 s (trainyard.store.infra.StoreTimeouts).
+    store_connect_timeout: Seconds = 5.0
+    store_read_timeout: Seconds = 12.0
+    store_retries: Annotated[int, _whole(0), _at_most(10)] = 2
     namespace: str = "default"
     step_image: str = "trainyard/steps:latest"
     # Where build pods push `<registry>/<source repo>:<source commit>` and train pods pull it from.
@@ -163,6 +193,8 @@ class Settings(BaseSettings):
     announce_commits: Flag = False
     # kaos bundles' /pfs view on the local runner: auto (when the code mentions /pfs/), always, or never.
     pfs: Annotated[str, _one_of(PFS_MODES)] = "auto"
+    # User code's isolation on the local runner (ISOLATION_MODES); `none` lets it read the store's credentials.
+    isolation: Annotated[str, _one_of(ISOLATION_MODES)] = "auto"
     # Step defaults when a DAG does not declare its own: retries, and whether steps may reuse earlier results.
     default_retries: Count = 1
     default_cache: Flag = True

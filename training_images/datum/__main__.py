@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from training_images.datum.inputs import add_step_arguments, load_step
+from training_images import sandbox
 from training_images.usercode import env_bin_for, run_streaming, user_env
 from trainyard import config, contract
 from trainyard.datums import datum_key, has_record, save_record
@@ -38,8 +39,12 @@ def _process(store: Store, args, datum: str, files: dict, code_dir: Path, env_bi
             env = user_env(env_bin, {contract.PARAMS_ENV: str(params_file), "TRAINYARD_DATUM": datum}, home=work)
             log_path = Path(tmp) / "datum.log"
             print(f"datum {datum} (attempt {attempt}/{args.attempts})", flush=True)
-            code, tail = run_streaming([*_command(args.transform, code_dir), str(in_dir), str(out_dir)], code_dir, env,
-                                       log_path)
+            try:
+                argv, _ = sandbox.isolate([*_command(args.transform, code_dir), str(in_dir), str(out_dir)],
+                                          cwd=code_dir, keep=[work, Path(tmp), *([env_bin.parent] if env_bin else [])])
+            except sandbox.SandboxError as exc:
+                raise SystemExit(f"error: {exc}") from None
+            code, tail = run_streaming(argv, code_dir, env, log_path)
             log_sha = store.put_blob_bytes(log_path.read_bytes())
             if code == 0:
                 outputs = {p.relative_to(out_dir).as_posix(): p for p in sorted(out_dir.rglob("*")) if p.is_file()}

@@ -221,8 +221,7 @@ def pfs_argv(cmd: list[str], *, pfs_dir: Path, names: list[str], out_dir: Path, 
     ok, reason = sandbox.pfs_support()
     if not ok:
         raise DatumFailed(f"the /pfs view of a Pachyderm transform needs bubblewrap locally: {reason}")
-    args = [shutil.which("bwrap"), "--die-with-parent", *sandbox._root_binds(),
-            "--dev-bind", "/dev", "/dev", "--proc", "/proc", "--dir", sandbox.PFS_ROOT]
+    args = ["--dir", sandbox.PFS_ROOT]
     for name in sorted(set(names)):
         args += ["--ro-bind", str(pfs_dir / name), f"{sandbox.PFS_ROOT}/{name}"]
     args += ["--bind", str(out_dir), f"{sandbox.PFS_ROOT}/out"]
@@ -232,7 +231,12 @@ def pfs_argv(cmd: list[str], *, pfs_dir: Path, names: list[str], out_dir: Path, 
             raise DatumFailed(f"secret mount_path {mount_path} is under {top}, which exists on this machine; locally "
                               "a secret can be mounted only under a new top-level folder, e.g. /secrets/<name>")
         args += ["--ro-bind", str(host), mount_path]
-    return [*args, "--chdir", str(cwd), "--", *cmd]
+    # The same sandbox as every user code's: its own PID namespace, the store's credential files hidden.
+    try:
+        argv, _ = sandbox.isolate(cmd, cwd=cwd, view=args, keep=[pfs_dir, out_dir, *mounts.values()])
+    except sandbox.SandboxError as exc:
+        raise DatumFailed(str(exc)) from None
+    return argv
 
 
 def _clear(directory: Path) -> None:
