@@ -91,6 +91,21 @@ class ResolveInputsOperator(BaseOperator):
         except TrainyardError as exc:
             raise PlanError(str(exc)) from None
 
+    def _sane(self, kept: dict, settings: config.Settings, pipeline: str, repo: str) -> dict:
+        """The remembered options that pass today's checks. One stored before the bounds existed (a 20-digit
+        timeout, say) is ignored with a warning instead of failing, or crashing, every later run."""
+        sane = {}
+        for name, value in kept.items():
+            try:
+                RunOptions.parse({name: value}, settings, spell=lambda n: f"remembered {n}")
+            except TrainyardError as exc:
+                flag = RunOptions.flag(name).long if name in RunOptions.remembered() else name
+                self.log.warning("warning: ignoring a remembered option of %s for %s: %s; deploy once with %s to "
+                                 "replace it", pipeline, repo, exc, flag)
+                continue
+            sane[name] = value
+        return sane
+
     def execute(self, context) -> dict:
         started = time.time()
         settings = self.hook.settings  # the settings the store was opened with, read once
@@ -106,8 +121,10 @@ class ResolveInputsOperator(BaseOperator):
             combos = expand_grid(grid, cap=settings.combination_cap)
             source = store.resolve(self.source, self.source_ref)
             data = store.resolve(self.data, self.data_ref)
-            kept = runs.remembered_settings(store, pipeline, source.repo)
             given = options.given()
+            # Only what this run does not give anew is read from memory (and checked: it may predate the bounds).
+            kept = self._sane({k: v for k, v in runs.remembered_settings(store, pipeline, source.repo).items()
+                               if given.get(k) is None}, settings, pipeline, source.repo)
             chosen = {k: given[k] if given[k] is not None else kept.get(k) for k in given}
             resources = Resources.parse(chosen["cpu"] or self.default_resources.get("cpu") or settings.default_cpu,
                                         chosen["memory"] or self.default_resources.get("memory")

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,34 @@ def static_params(read: Callable[[str], bytes | None]) -> dict:
     return merged
 
 
-def _check_link(root: Path, path: Path) -> None:
-    rel = path.relative_to(root).as_posix()
+def name_problem(rel: str) -> str | None:
+    """Why a file path cannot be committed, or None. A control character (a newline, a tab, ESC ...) would break
+    every table, log line and manifest listing that shows the path, and a name that is not UTF-8 cannot be stored."""
+    for char in rel:
+        if unicodedata.category(char) == "Cc":
+            return f"has a control character {char!r} in its name"
+        if "\udc80" <= char <= "\udcff":  # os.fsdecode's escape for a byte that is not UTF-8
+            return "has a name that is not valid UTF-8"
+    return None
+
+
+def check_name(rel: str, where: str = "") -> None:
+    """Refuse a path that cannot be committed (see name_problem): one line naming it with repr, exit 2."""
+    problem = name_problem(rel)
+    if problem:
+        raise BundleError(f"file {rel!r}{' in ' + where if where else ''} {problem}; rename it (nothing was stored)")
+
+
+def check_link(root: Path, path: Path, what: str = "the bundle") -> None:
+    """The one rule for symlinks in what is committed (bundles, pipeline sources, `data put`): a link must resolve
+    to a regular file inside `root`, the folder being committed; a link out of it (to /etc/passwd, say) is refused."""
+    root = root.resolve()
+    rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
     target = path.resolve()
     if target != root and root not in target.parents:
         raise BundleError(
-            f"symlink {rel} -> {os.readlink(path)} points outside the bundle {root}; "
-            "copy the file into the bundle or remove the link"
+            f"symlink {rel} -> {os.readlink(path)} points outside {what} {root}; "
+            "copy the file into it or remove the link (nothing was stored)"
         )
     if not target.exists():
         raise BundleError(f"symlink {rel} is broken; fix or remove it")
@@ -58,7 +80,7 @@ def scan_tree(root: Path) -> dict[str, Path]:
             if name in IGNORED_NAMES:
                 continue
             if (Path(dirpath) / name).is_symlink():
-                _check_link(root, Path(dirpath) / name)
+                check_link(root, Path(dirpath) / name)
             kept.append(name)
         dirnames[:] = kept
         for name in sorted(filenames):
@@ -66,9 +88,11 @@ def scan_tree(root: Path) -> dict[str, Path]:
                 continue
             path = Path(dirpath) / name
             if path.is_symlink():
-                _check_link(root, path)
+                check_link(root, path)
             if path.is_file():
-                files[path.relative_to(root).as_posix()] = path
+                rel = path.relative_to(root).as_posix()
+                check_name(rel, str(root))
+                files[rel] = path
     return files
 
 

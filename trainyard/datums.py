@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
+from trainyard.bundles import check_link, check_name
 from trainyard.errors import ConflictError, TrainyardError
 from trainyard.records import DatumRecord, Provenance
 from trainyard.store import keys
@@ -137,7 +138,14 @@ def put_file(store: Store, repo: str, file: Path, *, split: str | None = None, t
     if not file.is_file():
         what = "does not exist" if not file.exists() else "is not a regular file"
         raise DatumError(f"{file} {what}; pass the path of the file to put")
-    dest = repo_path(path if path is not None else file.name)
+    try:
+        # The same rules as a bundle's files: a link must stay in the folder it lies in, the name must be printable.
+        if file.is_symlink():
+            check_link(file.parent, file, what="its folder")
+        dest = repo_path(path if path is not None else file.name)
+        check_name(dest)
+    except TrainyardError as exc:
+        raise DatumError(str(exc)) from None
 
     chunks: list[bytes] = []
     if split is not None:

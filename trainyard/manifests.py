@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import tenacity
 
+from trainyard.bundles import name_problem
 from trainyard.errors import TrainyardError
 from trainyard.store.versioned import Commit, Store, _Bar, check_repo_name, progress_bars_enabled
 from trainyard.urlpolicy import HostLookupError, UrlPolicy, UrlPolicyError, redact
@@ -80,8 +81,9 @@ def _check_path(path: str) -> str | None:
         return "is empty"
     if "\\" in path:
         return "contains a backslash; use / between directories"
-    if any(ord(c) < 32 or c == "\x7f" for c in path):
-        return "contains control characters"
+    problem = name_problem(path)  # the rule every committed file name follows (bundles, data put)
+    if problem:
+        return problem
     if path.startswith("/"):
         return "is absolute; write it relative to the data repo root, without the leading /"
     parts = path.split("/")

@@ -13,16 +13,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trainyard.errors import ConfigError
+from trainyard.config import airflow_option
+from trainyard.errors import ConfigError, ResourceError
 from trainyard.grids import validate_grid
 from trainyard.metrics import SPEC_PATTERN, parse_spec
-from trainyard.resources import CPU_PATTERN, MEMORY_PATTERN, Resources
+from trainyard.resources import CPU_PATTERN, MEMORY_PATTERN, Resources, cpu_cores, memory_bytes
 from trainyard.store.versioned import REPO_NAME
 
 SCHEMA_VERSION = 1
 REPO_PATTERN = REPO_NAME.pattern
 # A ref: the branch `latest`, a branch name, or a commit id prefix of 5 to 64 hex characters.
 REF_PATTERN = rf"^(latest|{REPO_PATTERN.strip('^$')}|[0-9a-f]{{5,64}})$"
+# Sane bounds for numbers a pipeline remembers: a value past them is a typo, and once remembered it would come back
+# on every later deploy (20 digits of --timeout overflowed the step's watchdog timer).
+MAX_TIMEOUT = 30 * 24 * 3600  # 30 days, in seconds
+MAX_GPU = 64
+MIN_CPU = "1m"  # Kubernetes' smallest CPU unit
+MIN_MEMORY = "1Mi"
+MAX_PARALLELISM = 1024  # Airflow's default [core] max_map_length: no run has more training tasks than that
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +87,12 @@ class RunOptions(BaseModel):
     memory: Annotated[Annotated[str, Field(pattern=MEMORY_PATTERN)] | None, Flag(("--memory",), "QUANTITY"),
                       REMEMBER] = Field(None, description="memory per training task: 512Mi, 2Gi, 1G (default: "
                                                           "remembered)")
-    gpu: Annotated[Annotated[int, Field(ge=0, le=64)] | None, Flag(("--gpu",), "N"), REMEMBER] = Field(
+    gpu: Annotated[Annotated[int, Field(ge=0, le=MAX_GPU)] | None, Flag(("--gpu",), "N"), REMEMBER] = Field(
         None, description="GPUs per training task (default: remembered, else 0)")
-    timeout: Annotated[Annotated[int, Field(ge=1)] | None, Flag(("--timeout",), "SECONDS"), REMEMBER] = Field(
-        None, description="seconds a training task may run (default: remembered, else none)")
+    timeout: Annotated[Annotated[int, Field(ge=1, le=MAX_TIMEOUT)] | None, Flag(("--timeout",), "SECONDS"),
+                       REMEMBER] = Field(
+        None, description=f"seconds a training task may run, at most {MAX_TIMEOUT} (30 days) (default: "
+                          "remembered, else none)")
     no_cache: Annotated[bool, Flag(("--no-cache",))] = Field(
         False, description="train again even when the model already exists")
     major: Annotated[bool, Flag(("--major",))] = Field(
@@ -114,12 +124,18 @@ class RunOptions(BaseModel):
         unknown = set(values) - set(cls.names())
         if unknown:
             raise ConfigError(f"unknown run option(s) {', '.join(sorted(unknown))}; known: {', '.join(cls.names())}")
-        validate_grid(values.get("hyperparams") or {}, cap=settings.combination_cap)
+        validate_grid(values.get("hyperparams") or {}, cap=settings.combination_cap,
+                      ceiling=airflow_option("core", "max_map_length", 1024))
         cpu, memory, gpu = values.get("cpu"), values.get("memory"), values.get("gpu")
         if cpu or memory or gpu is not None:
             Resources.parse(cpu or settings.default_cpu, memory or settings.default_memory, gpu or 0,
                             max_cpu=settings.max_cpu, max_memory=settings.max_memory, max_gpu=settings.max_gpu)
-        if values.get("metric"):
+        if cpu and cpu_cores(cpu) < cpu_cores(MIN_CPU):
+            raise ResourceError(f"{spell('cpu')} {cpu} is below the minimum {MIN_CPU} (0.001 cores); give at least "
+                                f"{MIN_CPU}")
+        if memory and memory_bytes(memory) < memory_bytes(MIN_MEMORY):
+            raise ResourceError(f"{spell('memory')} {memory} is below the minimum {MIN_MEMORY}; give e.g. 512Mi or 2Gi")
+        if values.get("metric") is not None:  # '' too: an empty metric is a typo, not "no metric"
             parse_spec(values["metric"])
         try:
             return cls(**{k: v for k, v in values.items() if v is not None})
@@ -128,6 +144,8 @@ class RunOptions(BaseModel):
             where = spell(str(error["loc"][0]))
             if error["type"] == "greater_than_equal":
                 raise ConfigError(f"{where} must be at least {error['ctx']['ge']}, got {error['input']}") from None
+            if error["type"] == "less_than_equal":
+                raise ConfigError(f"{where} must be at most {error['ctx']['le']}, got {error['input']}") from None
             raise ConfigError(f"{where}: {error['msg']} (got {error['input']!r})") from None
 
     def given(self) -> dict[str, Any]:

@@ -159,3 +159,32 @@ def test_build_context_reads_json_form_continuations_and_skips_other_stages():
     assert dockerfile_context(manifest, "FROM x\nCOPY --chown=1:1 \\\n  utils.py /opt/\n") == "model"
     assert dockerfile_context(manifest, "FROM x\nCOPY --from=steps /opt/lib /opt/lib\nCOPY model /m\n") == ""
     assert dockerfile_context({"train.py": {}}, "FROM x\nCOPY . /p\n") == ""
+
+
+@pytest.mark.parametrize("name", ["bad\nname.csv", "tab\there.csv", "esc\x1b[31m.csv", "c1\x85.csv", b"\xff.csv"],
+                         ids=["newline", "tab", "escape", "c1-control", "not-utf8"])
+def test_a_file_name_with_a_control_character_is_refused_before_anything_is_stored(tmp_path, name):
+    data = tmp_path / "data" / "features"
+    data.mkdir(parents=True)
+    (data / "good.csv").write_text("1\n")
+    os.close(os.open(os.fsencode(data) + b"/" + (name if isinstance(name, bytes) else name.encode()),
+                     os.O_CREAT | os.O_WRONLY))
+    store = open_store(f"file://{tmp_path / 'store'}")
+    with pytest.raises(BundleError) as raised:
+        deploy_bundle(store, DataBundle.load(tmp_path / "data"))
+    message = str(raised.value)
+    assert "\n" not in message and "rename it" in message
+    if isinstance(name, str):
+        assert repr(f"features/{name}") in message
+    assert store_keys(store) == set()
+
+
+def test_links_inside_the_bundle_are_kept_and_links_out_of_it_refused(tmp_path):
+    data = tmp_path / "data" / "features"
+    data.mkdir(parents=True)
+    (data / "a.csv").write_text("1\n")
+    os.symlink("a.csv", data / "b.csv")
+    assert sorted(DataBundle.load(tmp_path / "data").files) == ["features/a.csv", "features/b.csv"]
+    os.symlink("/etc/passwd", data / "passwd.csv")
+    with pytest.raises(BundleError, match=r"symlink features/passwd.csv -> /etc/passwd points outside the bundle"):
+        DataBundle.load(tmp_path / "data")

@@ -70,3 +70,41 @@ def test_data_put_bad_input_is_one_line_exit_2_and_stores_nothing(uri, captions,
     assert pytest.importorskip("re").match(message, err[0]), err[0]
     assert captured.out == ""
     assert store_keys(store) == before
+
+
+def _written(path):
+    path.write_text("a\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "extra", "message"),
+    [
+        (lambda d: _written(d / "bad\nname.tsv"), [],
+         r"error: file 'bad\\nname.tsv' has a control character '\\n' in its name; rename it"),
+        (lambda d: d / "captions.tsv", ["--path", "in/x\x1b.tsv"],
+         r"error: file 'in/x\\x1b.tsv' has a control character '\\x1b' in its name"),
+        (lambda d: (d / "passwd.tsv").symlink_to("/etc/passwd") or d / "passwd.tsv", [],
+         r"error: symlink passwd.tsv -> /etc/passwd points outside its folder .*; copy the file into it or remove "
+         r"the link"),
+    ],
+    ids=["newline-in-name", "escape-in-path", "symlink-to-etc-passwd"],
+)
+def test_data_put_refuses_what_deploy_refuses(uri, captions, capsys, make, extra, message):
+    """Names with control characters and links out of the folder: the same rules as a bundle's files."""
+    assert main(["--store", uri, "data", "put", "rawdata", str(captions)]) == 0
+    store = open_store(uri)
+    before = store_keys(store)
+    capsys.readouterr()
+    assert main(["--store", uri, "data", "put", "rawdata", str(make(captions.parent)), *extra, "--no-run"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    assert pytest.importorskip("re").match(message, err[0]), err[0]
+    assert store_keys(store) == before
+
+
+def test_data_put_keeps_a_link_to_a_file_beside_it(uri, captions, capsys):
+    (captions.parent / "current.tsv").symlink_to(captions.name)
+    assert main(["--store", uri, "data", "put", "rawdata", str(captions.parent / "current.tsv"), "--no-run"]) == 0
+    assert list(open_store(uri).resolve("rawdata").manifest) == ["current.tsv"]

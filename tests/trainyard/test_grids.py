@@ -53,3 +53,35 @@ def test_combinations_that_merge_to_the_same_params_are_one_model():
     base = {"kernel": "rbf", "C": 10.0}
     ids = {model_id("a" * 64, "b" * 64, {**base, **combo}) for combo in expand_grid({"C": [10.0, 10.0, 1.0]})}
     assert len(ids) == 2
+
+
+@pytest.mark.parametrize("grid", [
+    {"C": {"a": 1}}, {"C": float("nan")}, {"C": float("inf")}, {"C": "abc"}, {"C": 10}, {"C": None},
+    {"C": [[1, 2]]}, {"C": [{"x": 2}]}, {"C": [float("nan"), 3]}, {"C": [[float("nan")]]},
+])
+def test_every_fix_a_grid_error_suggests_is_itself_accepted(grid):
+    import json
+    import re
+
+    from trainyard.grids import validate_grid
+
+    with pytest.raises(GridError) as raised:
+        validate_grid(grid)
+    suggested = re.search(r"e\.g\. (\{.*?\})(?:; |$)", str(raised.value))
+    assert suggested, str(raised.value)
+    fixed = json.loads(suggested.group(1))
+    assert validate_grid(fixed) == fixed and list(fixed) == ["C"]
+
+
+@pytest.mark.parametrize(("size", "fix"), [
+    (300, "raise [trainyard] max_combinations to 300 or more"),
+    (2000, "split the sweep into grids of at most 256 combinations"),
+])
+def test_a_too_large_grid_suggests_a_cap_that_would_work(size, fix):
+    from trainyard.grids import validate_grid
+
+    with pytest.raises(GridError) as raised:
+        validate_grid({"seed": list(range(size))}, ceiling=1024)
+    assert fix in str(raised.value)
+    if size <= 1024:  # the suggested cap is accepted
+        validate_grid({"seed": list(range(size))}, cap=size, ceiling=1024)

@@ -79,8 +79,16 @@ def _models(store: Store, plan: RunPlan, parent: RegistryVersion | None) -> tupl
             continue
         seen.add(mid)
         trained = None if combo.cached else runs.load_trained(store, plan.pipeline, plan.run_id, mid)
+        cached = combo.cached
         if trained is not None:
             record = _publish(store, plan, trained, parent)
+            winner = record.lineage.airflow.run_id
+            if winner != plan.run_id and not plan.no_cache:
+                # An identical run trained the same model at the same time and published it first: the model this
+                # run reports is that run's, so it is recorded as reused from it, not as a second training.
+                cached = True
+                print(f"model {mid} ({combo.label}) was trained at the same time by run {winner}, which registered "
+                      "it first; this run reuses it", flush=True)
         elif combo.cached and registry.has_model(store, mid):
             # Only a planned cache hit reuses the model: a combination this run was to train (no_cache, or trained
             # since by another run) and did not is a failure, even when an older model with that id exists.
@@ -94,7 +102,7 @@ def _models(store: Store, plan: RunPlan, parent: RegistryVersion | None) -> tupl
                 failure.update(stored.model_dump(exclude={"schema_version"}, exclude_unset=True))
             failures.append(Failure.model_validate(failure))
             continue
-        models.append(RunModel(model_id=mid, label=combo.label, hyper=combo.hyper, cached=combo.cached,
+        models.append(RunModel(model_id=mid, label=combo.label, hyper=combo.hyper, cached=cached,
                                metrics=record.metrics, params=record.params, artifacts=record.artifacts,
                                train_seconds=record.train_seconds, env_parameters=record.env_parameters))
     return models, failures

@@ -17,7 +17,7 @@ from trainyard.cli.options import EXIT_CODES_EPILOG, App, MessageOption, WaitOpt
 from trainyard.cli.output import emit, print_table, say, stdout_to_stderr
 from trainyard.display import format_metric
 from trainyard.errors import ConfigError
-from trainyard.options import RunInputs, RunOptions
+from trainyard.options import MAX_PARALLELISM, RunInputs, RunOptions
 from trainyard.records import RunModel, RunRecord
 from trainyard.store.versioned import Store
 
@@ -99,8 +99,9 @@ def deploy(
 
     One model per hyperparameter combination: in-process on the local runner, or on the Airflow server that
     `trainyard init` chose. Every option is checked before anything is uploaded."""
-    if parallelism is not None and parallelism < 1:
-        raise ConfigError(f"--parallelism must be at least 1, got {parallelism}")
+    if parallelism is not None and not 1 <= parallelism <= MAX_PARALLELISM:
+        raise ConfigError(f"--parallelism must be between 1 and {MAX_PARALLELISM} (no run maps more training tasks), "
+                          f"got {parallelism}")
     settings = session.settings(runner="local" if local else None, parallelism=parallelism).checked()
     options = _run_options(settings, run_options or {})
     if data and manifest or not (data or manifest or upload_only):
