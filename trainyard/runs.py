@@ -50,6 +50,24 @@ def load_failure(store: Store, pipeline: str, run_id: str, model_id: str) -> Tra
     return store.get_record(key, TrainFailure) if store.exists(key) else None
 
 
+def failure_line(failure: TrainFailure | dict[str, Any]) -> str:
+    """A failure as one line: its error, with the step's exit code when it is known and not already said."""
+    error = (failure.get("error") if isinstance(failure, dict) else failure.error) or "failed"
+    code = failure.get("exit_code") if isinstance(failure, dict) else failure.exit_code
+    error = " ".join(str(error).split())  # an error line never spans lines in a table or a one-line summary
+    return error if code is None or f"exit code {code}" in error else f"{error} (exit code {code})"
+
+
+def last_error_line(store: Store, pipeline: str, run_id: str, step: str, map_index: int | None) -> str | None:
+    """The last non-empty line of the newest try's log of a step (its error, when it died without recording one)."""
+    for _task, _index, _try, key in newest_logs(store, pipeline, run_id, step, map_index):
+        lines = [line.strip() for line in read_log(store, key).decode(errors="replace").splitlines()]
+        lines = [line for line in lines if line]
+        if lines:
+            return lines[-1]
+    return None
+
+
 # -- the run record (register step) --------------------------------------------------------------------------------
 def save_results(store: Store, results: RunRecord) -> None:
     params = results.parameters

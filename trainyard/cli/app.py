@@ -6,7 +6,7 @@ import os
 import sys
 import typer
 
-from trainyard.cli import data, deploy, models, pipeline, runs, server, template
+from trainyard.cli import data, deploy, fsck, models, pipeline, runs, server, template
 from trainyard.cli.context import embedded_airflow_env
 from trainyard.cli.options import EXIT_CODES, EXIT_CODES_EPILOG, App, keep_global_options
 from trainyard.errors import TrainyardError
@@ -14,7 +14,7 @@ from trainyard.errors import TrainyardError
 __all__ = ["EXIT_CODES", "app", "entrypoint", "main"]
 
 app = App(name="trainyard", add_completion=True, epilog=EXIT_CODES_EPILOG)
-for group in (deploy, runs, models):
+for group in (deploy, runs, models, fsck):
     app.add_typer(group.app)
 app.add_typer(data.app, name="data")
 app.add_typer(template.app, name="template")

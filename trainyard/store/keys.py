@@ -4,6 +4,8 @@ Everything above the store asks here for a key (or a prefix to list) and never w
 layout can be read, changed and migrated in one place. Keys are '/'-separated and relative to the store's root.
 
     blobs/sha256/<2>/<sha256>                              content-addressed bytes
+    blobs/quarantine/<2>/<sha256>                          a blob's bytes that did not match their sha256
+    blobs/quarantine/<2>/<sha256>.missing                  a referenced blob found missing (empty marker)
     repos/<repo>/commits/<id>.json                         immutable commits
     repos/<repo>/branches/<branch>.json                    a branch: head plus its log
     runs/<pipeline>/<run>/plan.json                        the sweep a run trains (resolve step)
@@ -25,6 +27,8 @@ layout can be read, changed and migrated in one place. Keys are '/'-separated an
 from __future__ import annotations
 
 BLOBS = "blobs/sha256/"
+# Beside the blobs, not under them: a listing of BLOBS (what is stored) never counts a quarantined copy.
+QUARANTINE = "blobs/quarantine/"
 REPOS = "repos/"
 RUNS = "runs/"
 LOGS = "logs/"
@@ -43,6 +47,7 @@ PREFIXES = (BLOBS.split("/")[0] + "/", REPOS, RUNS, LOGS, MODELS, REGISTRY, PIPE
             "pps/")
 
 JSON = ".json"
+MISSING = ".missing"
 LOG = ".log"
 RESULTS = "_results.json"
 
@@ -59,6 +64,21 @@ def blob(sha: str) -> str:
 
 def blob_sha(key: str) -> str:
     return key.rsplit("/", 1)[1]
+
+
+def quarantine(sha: str) -> str:
+    """Where a corrupt blob's bytes are kept once its blob key is deleted (so an upload writes it again)."""
+    return f"{QUARANTINE}{sha[:2]}/{sha}"
+
+
+def quarantine_missing(sha: str) -> str:
+    """An empty marker: a blob something references was found missing, so no manifest counts as proof of it."""
+    return quarantine(sha) + MISSING
+
+
+def quarantined_sha(key: str) -> str:
+    """The sha256 of a key made by quarantine() or quarantine_missing()."""
+    return blob_sha(key).removesuffix(MISSING)
 
 
 # -- repos, commits and branches -----------------------------------------------------------------------------------
@@ -176,6 +196,12 @@ def datum_record(pipeline: str, step: str, key: str) -> str:
 
 def provenance(repo: str, commit_id: str) -> str:
     return f"{PROVENANCE}{repo}/{commit_id}{JSON}"
+
+
+def provenance_commit(key: str) -> tuple[str, str]:
+    """(repo, commit id) of a key made by provenance()."""
+    repo, _, commit_id = _stem(key, PROVENANCE).rpartition("/")
+    return repo, commit_id
 
 
 # -- Pachyderm pipelines -------------------------------------------------------------------------------------------

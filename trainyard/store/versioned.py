@@ -23,6 +23,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_a
 from trainyard.errors import AmbiguousId, ConflictError, CorruptBlob, NotFound, TrainyardError
 from trainyard.store import keys
 from trainyard.store.backend import Backend, PreconditionFailed
+from trainyard.store.local import LocalBackend
 
 REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 HEX = re.compile(r"^[0-9a-f]+$")
@@ -176,6 +177,14 @@ class Store:
     def has_blob(self, sha: str) -> bool:
         return self.backend.exists(self.blob_key(sha))
 
+    def stored_blobs(self) -> list[str]:
+        """The sha256 of every blob the store holds (one listing; quarantined copies are not blobs)."""
+        return sorted(keys.blob_sha(key) for key in self.backend.list(keys.BLOBS))
+
+    def quarantined_blobs(self) -> set[str]:
+        """The sha256 of every blob ever quarantined (or found missing): a manifest is no proof that they are stored."""
+        return {keys.quarantined_sha(key) for key in self.backend.list(keys.QUARANTINE)}
+
     def put_blob_bytes(self, data: bytes) -> str:
         sha = sha256_bytes(data)
         if not self.has_blob(sha):
@@ -185,17 +194,52 @@ class Store:
                 pass  # a concurrent writer stored the same content
         return sha
 
-    def get_blob_bytes(self, sha: str) -> bytes:
+    def _missing(self, sha: str, where: str | None) -> NotFound | CorruptBlob:
+        """The error for a blob that is not there: CorruptBlob when a read quarantined it, else NotFound."""
+        try:
+            quarantined = self.backend.exists(keys.quarantine(sha))
+        except Exception:  # noqa: BLE001 - the missing blob is the error to report
+            quarantined = False
+        if quarantined:
+            return CorruptBlob(
+                f"blob {self.blob_key(sha)}{_where(where)} in {self.uri} was corrupt (its bytes did not match its "
+                f"sha256) and is quarantined at {keys.quarantine(sha)}; put the data again (`trainyard data put` or "
+                "`trainyard deploy --upload-only`) to restore it, `trainyard fsck` lists what uses it")
+        self._mark_missing(sha)
+        return NotFound(f"blob {self.blob_key(sha)}{_where(where)} is missing from the store {self.uri}; put the "
+                        "data again (`trainyard data put` or `trainyard deploy --upload-only`) to restore it")
+
+    def _corrupt(self, sha: str, where: str | None, quarantine: bool) -> CorruptBlob:
+        """The one-line error for a blob whose bytes do not match its sha256, after quarantining it (when asked)."""
+        done = ""
+        if quarantine:
+            try:
+                done = {"quarantined": f" and was moved to {keys.quarantine(sha)}",
+                        "intact": " when read (its stored bytes match now: a transfer error, or a concurrent re-upload)",
+                        "missing": " and is gone"}[self.quarantine_blob(sha)]
+            except Exception as exc:  # noqa: BLE001 - the corruption is the error to report, not the failed move
+                done = f" and could not be quarantined ({type(exc).__name__}: {exc})"
+        return CorruptBlob(
+            f"blob {self.blob_key(sha)}{_where(where)} in {self.uri} is corrupt (its bytes do not match its sha256)"
+            f"{done}; run `trainyard fsck --repair`, then put the data again (`trainyard data put` or "
+            "`trainyard deploy --upload-only`)")
+
+    def get_blob_bytes(self, sha: str, *, where: str | None = None, quarantine: bool = True) -> bytes:
+        """A blob's bytes, verified; a corrupt blob is quarantined (unless quarantine=False) and CorruptBlob raised.
+
+        `where` names what uses the blob (a path of a repo's commit) for the error message.
+        """
         try:
             data = self.backend.read(self.blob_key(sha))
         except KeyError:
-            raise NotFound(f"blob {sha} is missing from the store {self.uri}") from None
+            raise self._missing(sha, where) from None
         if sha256_bytes(data) != sha:
-            raise CorruptBlob(f"blob {sha} in {self.uri} is corrupt (sha256 mismatch); re-upload the bundle that holds it")
+            raise self._corrupt(sha, where, quarantine)
         return data
 
-    def fetch_blob(self, sha: str, dest: Path, progress=None) -> None:
-        """Download a blob to dest, verifying its sha256 before it becomes visible at dest."""
+    def fetch_blob(self, sha: str, dest: Path, progress=None, *, where: str | None = None) -> None:
+        """Download a blob to dest, verifying its sha256 before it becomes visible at dest; a corrupt blob is
+        quarantined and CorruptBlob raised."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
         os.close(fd)
@@ -204,27 +248,83 @@ class Store:
             try:
                 self.backend.download_file(self.blob_key(sha), tmp, progress)
             except KeyError:
-                raise NotFound(f"blob {sha} is missing from the store {self.uri}") from None
+                raise self._missing(sha, where) from None
             if sha256_file(tmp) != sha:
-                raise CorruptBlob(
-                    f"blob {sha} in {self.uri} is corrupt (sha256 mismatch); re-upload the bundle that holds it"
-                )
+                raise self._corrupt(sha, where, quarantine=True)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
 
+    def blob_digest(self, sha: str, progress=None) -> tuple[str, int] | None:
+        """(sha256 of the stored bytes, size) of a blob, streamed rather than read whole; None when it is missing."""
+        key = self.blob_key(sha)
+        if isinstance(self.backend, LocalBackend):
+            # Hash the file in place: a copy first would read every byte twice.
+            path = self.backend.root / key
+            try:
+                size = path.stat().st_size
+                return sha256_file(path, progress), size
+            except FileNotFoundError:
+                return None
+        fd, tmp_name = tempfile.mkstemp(prefix=".trainyard-fsck-")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            try:
+                self.backend.download_file(key, tmp, progress)
+            except KeyError:
+                return None
+            return sha256_file(tmp), tmp.stat().st_size
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def quarantine_blob(self, sha: str) -> str:
+        """Move a corrupt blob's bytes to keys.quarantine(sha) and delete its blob key, so the store no longer claims
+        to hold it and the next upload of that content writes it again.
+
+        The bytes are checked again first: a blob that matches its sha256 now is left alone ("intact"), so nothing
+        sound is ever deleted. Returns "quarantined", "intact" or "missing" (marked, so uploads write it again).
+        """
+        key = self.blob_key(sha)
+        fd, tmp_name = tempfile.mkstemp(prefix=".trainyard-quarantine-")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            try:
+                self.backend.download_file(key, tmp)
+            except KeyError:
+                if self.backend.exists(keys.quarantine(sha)):
+                    return "quarantined"  # by a concurrent reader of the same corrupt bytes
+                self._mark_missing(sha)
+                return "missing"
+            if sha256_file(tmp) == sha:
+                return "intact"
+            # The first corrupt copy is kept as evidence; a later one adds nothing.
+            if not self.backend.exists(keys.quarantine(sha)):
+                self.backend.upload_file(keys.quarantine(sha), tmp)
+            self.backend.delete(key)
+            return "quarantined"
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _mark_missing(self, sha: str) -> None:
+        """Record a referenced blob found missing under the quarantine prefix (empty), so no head manifest counts as
+        proof that it is stored; best effort, as it runs on the way to reporting an error."""
+        try:
+            if not self.backend.exists(keys.quarantine_missing(sha)):
+                self.backend.write(keys.quarantine_missing(sha), b"", if_absent=True)
+        except Exception:  # noqa: BLE001,S110 - a read-only store still gets the real error
+            pass
+
     def _known_blobs(self, wanted: int, repo: str | None) -> tuple[set[str], bool]:
         """Blobs known to be stored, and whether that set is complete, learned in a few requests.
 
-        Blobs are written before any commit names them and never deleted, so the repo's head manifest is proof of
-        presence. A listing of the blob namespace, capped at about one page per 1,000 files wanted, replaces one
-        HEAD per file; past the cap the set is partial and unknown blobs are checked with HEAD.
+        A listing of the blob namespace, capped at about one page per 1,000 files wanted, replaces one HEAD per
+        file. Past the cap the set is partial: the repo's head manifest then counts as proof of presence (blobs are
+        written before any commit names them) except for blobs ever quarantined or found missing, which are
+        checked with HEAD like any other unknown blob.
         """
         known: set[str] = set()
-        if repo:
-            head = self.branch_head(repo)
-            if head:
-                known.update(e["sha256"] for e in self.get_commit(repo, head).manifest.values())
         max_keys = 1000 * (wanted // 1000 + 2)
         complete = True
         for count, key in enumerate(self.backend.list(keys.BLOBS)):
@@ -232,6 +332,11 @@ class Store:
                 complete = False
                 break
             known.add(keys.blob_sha(key))
+        if repo and not complete:
+            head = self.branch_head(repo)
+            if head:
+                listed = {e["sha256"] for e in self.get_commit(repo, head).manifest.values()}
+                known.update(listed - self.quarantined_blobs())
         return known, complete
 
     def upload_files(self, files: Mapping[str, Path], *, quiet: bool = True, desc: str = "",
@@ -284,8 +389,12 @@ class Store:
         report.manifest = dict(sorted(report.manifest.items()))
         return report
 
-    def materialize(self, manifest: Manifest, dest: Path, *, quiet: bool = True) -> None:
-        """Download every file of a manifest under dest, refusing paths that would escape it."""
+    def materialize(self, manifest: Manifest, dest: Path, *, quiet: bool = True, where: str | None = None) -> None:
+        """Download every file of a manifest under dest, refusing paths that would escape it.
+
+        `where` names the manifest (e.g. "repo 'features' commit 9fd9d") so a corrupt or missing blob's error says
+        which path of which commit it is.
+        """
         dest = dest.resolve()
         targets = {}
         for rel in manifest:
@@ -296,7 +405,8 @@ class Store:
         bar = _Bar(sum(e["size"] for e in manifest.values()), "downloading", progress_bars_enabled(quiet))
         try:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                list(pool.map(lambda rel: self.fetch_blob(manifest[rel]["sha256"], targets[rel], bar.update),
+                list(pool.map(lambda rel: self.fetch_blob(manifest[rel]["sha256"], targets[rel], bar.update,
+                                                          where=f"{rel!r} of {where}" if where else repr(rel)),
                               manifest))
         finally:
             bar.close()
@@ -461,6 +571,10 @@ class Store:
                 " — give more characters"
             )
         return self.get_commit(repo, matches[0])
+
+
+def _where(where: str | None) -> str:
+    return f" ({where})" if where else ""
 
 
 def parse_ref(text: str) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainyard.errors import AmbiguousId, CorruptBlob, NotFound
-from trainyard.store import PreconditionFailed
+from trainyard.store import PreconditionFailed, keys
 from trainyard.store.versioned import manifest_id
 
 
@@ -152,3 +152,51 @@ def test_materialize_refuses_paths_that_escape_the_destination(store, tmp_path):
         with pytest.raises(TrainyardError, match="escapes the destination"):
             store.materialize({bad: {"sha256": sha, "size": 7}}, tmp_path / "dest")
     assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "dest").exists()
+
+
+def test_a_corrupt_blob_names_its_key_commit_and_fix_and_is_quarantined(store, tmp_path):
+    contents = {"features/train.csv": b"1,0\n" * 50, "features/test.csv": b"2,1\n"}
+    manifest = store.upload_files(write_files(tmp_path / "src", contents)).manifest
+    commit, _ = store.commit("features", manifest)
+    sha = manifest["features/train.csv"]["sha256"]
+    store.backend.write(store.blob_key(sha), b"bit rot")
+    with pytest.raises(CorruptBlob) as caught:
+        store.materialize(commit.manifest, tmp_path / "out", where=f"commit {commit.ref}")
+    message = str(caught.value)
+    assert "\n" not in message
+    for part in (keys.blob(sha), "'features/train.csv'", commit.ref, "trainyard fsck --repair", "put the data again"):
+        assert part in message, part
+    # Quarantined: the bad bytes moved aside, and the store no longer claims to hold the blob.
+    assert not store.has_blob(sha)
+    assert store.get_bytes(keys.quarantine(sha)) == b"bit rot"
+    assert sha in store.quarantined_blobs()
+    # A later read still says corrupt (and where it went), not merely "missing".
+    with pytest.raises(CorruptBlob, match="quarantined at"):
+        store.get_blob_bytes(sha)
+
+
+def test_the_next_upload_of_a_quarantined_blob_writes_it_again(store, tmp_path):
+    files = write_files(tmp_path / "b", {"a.txt": b"alpha" * 100, "b.txt": b"beta" * 100})
+    manifest = store.upload_files(files, repo="heal").manifest
+    store.commit("heal", manifest)
+    sha = manifest["a.txt"]["sha256"]
+    store.backend.write(store.blob_key(sha), b"bit rot")
+    with pytest.raises(CorruptBlob):
+        store.get_blob_bytes(sha)
+    # The head manifest still lists the blob; the upload must not take that as proof it is stored.
+    again = store.upload_files(files, repo="heal")
+    assert (again.blobs_uploaded, again.bytes_uploaded) == (1, 500)
+    assert store.get_blob_bytes(sha) == b"alpha" * 100
+    # put_blob_bytes heals the same way.
+    sha_b = store.put_blob_bytes(b"gamma")
+    store.backend.write(store.blob_key(sha_b), b"rot")
+    with pytest.raises(CorruptBlob):
+        store.get_blob_bytes(sha_b)
+    assert store.put_blob_bytes(b"gamma") == sha_b and store.get_blob_bytes(sha_b) == b"gamma"
+
+
+def test_quarantine_leaves_a_sound_blob_alone(store):
+    sha = store.put_blob_bytes(b"sound bytes")
+    assert store.quarantine_blob(sha) == "intact"
+    assert store.get_blob_bytes(sha) == b"sound bytes"
+    assert not store.exists(keys.quarantine(sha))
