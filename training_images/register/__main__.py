@@ -73,6 +73,11 @@ def _publish(store: Store, plan: RunPlan, trained: TrainedModel, parent: Registr
 def _models(store: Store, plan: RunPlan, parent: RegistryVersion | None) -> tuple[list[RunModel], list[Failure]]:
     """Each planned combination's model (trained now, or a planned cache hit), or why it has none."""
     models, failures, seen = [], [], set()
+    # The train task's map index of each combination the resolve step sent to train (its order: uncached, unique).
+    train_index: dict[str, int] = {}
+    for combo in plan.combinations:
+        if not combo.cached and combo.model_id not in train_index:
+            train_index[combo.model_id] = len(train_index)
     for combo in plan.combinations:
         mid = combo.model_id
         if mid in seen:  # two combinations that merge to the same params are one model
@@ -100,6 +105,10 @@ def _models(store: Store, plan: RunPlan, parent: RegistryVersion | None) -> tupl
             stored = runs.load_failure(store, plan.pipeline, plan.run_id, mid)
             if stored is not None:  # what the train step (or the operator, when no pod ran) recorded
                 failure.update(stored.model_dump(exclude={"schema_version"}, exclude_unset=True))
+            elif last := runs.last_error_line(store, plan.pipeline, plan.run_id, "train", train_index.get(mid)):
+                # The step died before it could record why (killed, a crash): its log's last line is the cause.
+                failure["error"] = f"the train task left no result; its log ends: {last}"
+            failure["error"] = runs.failure_line(failure)
             failures.append(Failure.model_validate(failure))
             continue
         models.append(RunModel(model_id=mid, label=combo.label, hyper=combo.hyper, cached=cached,
