@@ -9,6 +9,7 @@ from pathlib import Path
 from operators.hooks import StoreHook
 from trainyard import runs
 from trainyard.errors import StepError
+from trainyard.store import check_store
 
 DAGS_DIR = Path(__file__).resolve().parents[1] / "dags"
 log = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ def run_pipeline(dag_id: str, conf: dict, *, quiet: bool = False, store_uri: str
     if quiet:
         os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     ensure_metadata_db()
+    # The same credentials the steps use: the Airflow connection, else the environment. A store that is down,
+    # missing, refusing or read-only fails here in one line with its exit code, before Airflow runs a task.
+    store = StoreHook(store_uri=store_uri).get_conn()
+    check_store(store)
     # Operators read settings when the DAG is parsed; the caller's store argument must win over airflow.cfg.
     overrides = {"TRAINYARD_STORE": store_uri} if store_uri else {}
     overrides.update({f"TRAINYARD_{k.upper()}": str(v) for k, v in (parse_settings or {}).items() if v is not None})
@@ -65,6 +70,6 @@ def run_pipeline(dag_id: str, conf: dict, *, quiet: bool = False, store_uri: str
             else:
                 os.environ[name] = value
     state = str(getattr(dag_run.state, "value", dag_run.state))
-    # The same credentials the steps used: the Airflow connection, else the environment.
-    store = StoreHook(store_uri=store_uri).get_conn()
+    if state != "success":
+        check_store(store)  # a store that went away during the run is the cause to report, with its exit code
     return {"run_id": dag_run.run_id, "state": state, "results": runs.read_results(store, dag_id, dag_run.run_id)}

@@ -10,6 +10,8 @@ from trainyard.cli import data, deploy, fsck, models, pipeline, runs, server, te
 from trainyard.cli.context import embedded_airflow_env
 from trainyard.cli.options import EXIT_CODES, EXIT_CODES_EPILOG, App, keep_global_options
 from trainyard.errors import TrainyardError
+from trainyard.store import infra_error
+from trainyard.store.local import LocalBackend
 
 __all__ = ["EXIT_CODES", "app", "entrypoint", "main"]
 
@@ -29,9 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command in-process; its exit code. Errors are one line on stderr."""
     embedded_airflow_env()
     argv = list(sys.argv[1:] if argv is None else argv)
+    LocalBackend.absent_roots.clear()  # only this command's reads of a missing file:// store explain its NotFound
     try:
         code = app(args=argv, prog_name="trainyard", standalone_mode=False)
     except TrainyardError as exc:
+        exc = infra_error(exc) or exc  # "repo has no commits" in a file:// store that does not exist: its path
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except typer.TyperException as exc:  # a usage error: unknown option, missing or malformed value
@@ -43,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the user gets one line; TRAINYARD_DEBUG=1 gets the traceback
         if os.environ.get("TRAINYARD_DEBUG"):
             raise
+        # Last resort: a botocore or OSError failure no store code translated still gets its infra exit code.
+        infra = infra_error(exc)
+        if infra is not None:
+            print(f"error: {infra}", file=sys.stderr)
+            return infra.exit_code
         print(f"error: unexpected {type(exc).__name__}: {exc} (TRAINYARD_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 1
