@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
+from operators import drivers
 from operators.hooks import StoreHook
 from trainyard import runs
 from trainyard.errors import StepError
@@ -62,7 +64,10 @@ def run_pipeline(dag_id: str, conf: dict, *, quiet: bool = False, store_uri: str
     os.environ.update(overrides)
     try:
         dag = load_dag(dag_id)
-        dag_run = dag.test(run_conf=conf)
+        for run_id in drivers.reap():
+            print(f"note: run {run_id} was left running by a trainyard that was killed; marked failed", file=sys.stderr)
+        with drivers.lease(dag_id):
+            dag_run = dag.test(run_conf=conf)
     finally:
         for name, value in previous.items():
             if value is None:
