@@ -11,7 +11,7 @@ from airflow.sdk import Asset, BaseOperator
 
 from operators.build import build_step
 from operators.hooks import StoreHook
-from operators.step import TrainyardStepOperator
+from operators.step import TrainyardStepOperator, user_code_pod
 from trainyard import config
 from trainyard.datums import (
     DatumError,
@@ -23,6 +23,7 @@ from trainyard.datums import (
     transform_version,
     work_units,
 )
+from trainyard.k8s import built_image
 
 
 class DatumStepDeclarationError(ValueError):
@@ -100,7 +101,7 @@ class PlanDatumsOperator(BaseOperator):
                       self.combine, len(pending), len(chunks), len(units) - len(pending))
         # On Kubernetes a transform runs in its code repo's image, built once per code commit (the build step
         # skips a tag that exists); builtin transforms run in the steps image.
-        image = f"{settings.registry}/{code.repo}:{code.id[:12]}" if code else ""
+        image = built_image(settings.registry, code.repo, code.id, settings.step_image) if code else ""
         context["ti"].xcom_push(key="plan", value={
             "inputs": resolved, "code": f"{code.repo}:{code.id}" if code else "", "code_version": version,
             "image": image,
@@ -134,6 +135,12 @@ class DatumStepOperator(TrainyardStepOperator):
         arguments, literal = _step_argv(plan_task, step_name, combine, transform, step_params)
         super().__init__(step="datum", arguments=[*arguments, "--attempts", str(attempts)],
                          literal_arguments=[*literal, "--datums", json.dumps(chunk["datums"])], **kwargs)
+
+    def build_pod_request_obj(self, context=None, *, dry_run: bool = False):
+        pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        # The transform is user code: on Kubernetes it gets a container of its own, without the store's Secret.
+        return self.checked(user_code_pod(pod, self.settings.step_image, "training_images.datum")) \
+            if self.on_kubernetes else pod
 
 
 def repo_asset(repo: str) -> Asset:

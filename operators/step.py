@@ -376,6 +376,51 @@ class PodStepMixin:
         return super().execute(context)
 
 
+WORK_DIR = "/trainyard/work"
+RUNTIME_DIR = "/trainyard/bin"
+USER_CONTAINER = "train"
+# The user's container runs the `run` phase under a static busybox shell that `prepare` copied in, so that even an
+# image that cannot start the step's module (or a run phase killed midway) leaves an exit code and `done` for
+# `finish` to report.
+_RUN_WRAPPER = ('"$@"; code=$?; [ -e {work}/done ] || {{ echo "the step\'s run phase ($1 $2 $3) ended with exit code '
+                '$code before it finished; see the {user} container\'s log" >> {work}/train.log; '
+                'echo "$code 0" > {work}/exit; {bin}/busybox touch {work}/done; }}; exit 0')
+
+
+def user_code_pod(pod: k8s.V1Pod, step_image: str, module: str) -> k8s.V1Pod:
+    """A step pod that runs user code, in three containers so the user's never holds the store's Secret:
+    `prepare` (an init container: steps image, Secret) fetches the inputs into shared volumes; `train` (the built
+    image, no Secret, the step's resources and GPUs) runs the user's code; `finish` (the base container: steps
+    image, Secret) waits for it, then uploads and records what it wrote and returns the step's XCom. The step's
+    module runs the same phases in one process on the local runner (`--phase all`)."""
+    base = pod.spec.containers[0]
+    mounts = [k8s.V1VolumeMount(name="work", mount_path=WORK_DIR),
+              k8s.V1VolumeMount(name="runtime", mount_path=RUNTIME_DIR)]
+    pfs = [m for m in base.volume_mounts or [] if m.name == "pfs"]
+    small = k8s.V1ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"},
+                                       limits={"cpu": "1", "memory": "1Gi"})
+    steps_cmd = ["python", "-m", module]
+    prepare = k8s.V1Container(name="prepare", image=step_image, command=steps_cmd,
+                              args=[*base.args, "--phase", "prepare", "--work", WORK_DIR, "--runtime-dir", RUNTIME_DIR],
+                              env=base.env, env_from=base.env_from, volume_mounts=[*pfs, *mounts], resources=small)
+    user_env = [v for v in base.env or [] if not v.name.startswith("AWS_") and v.name != "TRAINYARD_ISOLATION"]
+    wrapper = _RUN_WRAPPER.format(work=WORK_DIR, bin=RUNTIME_DIR, user=USER_CONTAINER)
+    user = k8s.V1Container(
+        name=USER_CONTAINER, image=base.image,
+        command=[f"{RUNTIME_DIR}/busybox", "sh", "-c", wrapper, "sh", *base.command, *base.args, "--phase", "run",
+                 "--work", WORK_DIR],
+        env=[*user_env, k8s.V1EnvVar(name="TRAINYARD_ISOLATION", value="pod")],
+        resources=base.resources, volume_mounts=[*pfs, *mounts])
+    base.image, base.command, base.resources = step_image, steps_cmd, small
+    base.args = [*base.args, "--phase", "finish", "--work", WORK_DIR]
+    base.volume_mounts = [*(base.volume_mounts or []), mounts[0]]
+    pod.spec.init_containers = [*(pod.spec.init_containers or []), prepare]
+    pod.spec.containers = [base, user, *pod.spec.containers[1:]]
+    pod.spec.volumes = [*(pod.spec.volumes or []),
+                        *(k8s.V1Volume(name=m.name, empty_dir=k8s.V1EmptyDirVolumeSource()) for m in mounts)]
+    return pod
+
+
 class TrainyardStepOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, KubernetesPodOperator):
     """
     Run `python -m training_images.<step>` with the step contract's env.

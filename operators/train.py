@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from kubernetes.client import models as k8s
 
-from operators.step import PodNotScheduled, TrainyardStepOperator, env_list
+from operators.step import PodNotScheduled, TrainyardStepOperator, env_list, user_code_pod
 from trainyard import config, runs
 from trainyard.records import TrainFailure
 
@@ -42,7 +42,8 @@ class TrainStepOperator(TrainyardStepOperator):
             self.volume_mounts = [*self.volume_mounts, k8s.V1VolumeMount(name="pfs", mount_path=PFS_ROOT)]
             self.env_vars = [k8s.V1EnvVar(name="TRAINYARD_PFS_ROOT", value=PFS_ROOT), *env_list(self.env_vars)]
         pod = super().build_pod_request_obj(context, dry_run=dry_run)
-        return self.checked(split_pod(pod, self.settings.step_image)) if self.on_kubernetes else pod
+        return self.checked(user_code_pod(pod, self.settings.step_image, "training_images.train")) \
+            if self.on_kubernetes else pod
 
     def execute(self, context):
         try:
@@ -56,48 +57,6 @@ class TrainStepOperator(TrainyardStepOperator):
                 runs.save_failure(self.store_hook.get_conn(), ti.dag_id, ti.run_id,
                                   TrainFailure(model_id=mid, label=self.combination.get("label", ""), error=str(exc)))
             raise
-
-
-WORK_DIR = "/trainyard/work"
-RUNTIME_DIR = "/trainyard/bin"
-USER_CONTAINER = "train"
-# The user's container runs the `run` phase under a static busybox shell that `prepare` copied in, so that even an
-# image that cannot start `python3 -m training_images.train` leaves an exit code and `done` for `finish` to report.
-RUN_WRAPPER = (f'"$@"; [ -e {WORK_DIR}/done ] || {{ echo "could not start $1 -m training_images.train in the '
-               f'training image" > {WORK_DIR}/train.log; echo "127 0" > {WORK_DIR}/exit; '
-               f'{RUNTIME_DIR}/busybox touch {WORK_DIR}/done; }}; exit 0')
-
-
-def split_pod(pod: k8s.V1Pod, step_image: str) -> k8s.V1Pod:
-    """The train pod in three containers, so the user's never holds the store's Secret: `prepare` (an init
-    container: steps image, Secret) fetches the inputs into shared volumes; `train` (the built image, no Secret, the
-    step's resources and GPUs) runs the user's code; `finish` (the base container: steps image, Secret) follows the
-    user's log, then uploads and records what it wrote and returns the step's XCom."""
-    base = pod.spec.containers[0]
-    mounts = [k8s.V1VolumeMount(name="work", mount_path=WORK_DIR), k8s.V1VolumeMount(name="runtime",
-                                                                                      mount_path=RUNTIME_DIR)]
-    pfs = [m for m in base.volume_mounts or [] if m.name == "pfs"]
-    small = k8s.V1ResourceRequirements(requests={"cpu": "100m", "memory": "256Mi"},
-                                       limits={"cpu": "1", "memory": "1Gi"})
-    steps_cmd = ["python", "-m", "training_images.train"]
-    prepare = k8s.V1Container(name="prepare", image=step_image, command=steps_cmd,
-                              args=[*base.args, "--phase", "prepare", "--work", WORK_DIR, "--runtime-dir", RUNTIME_DIR],
-                              env=base.env, env_from=base.env_from, volume_mounts=[*pfs, *mounts], resources=small)
-    user_env = [v for v in base.env or [] if not v.name.startswith("AWS_") and v.name != "TRAINYARD_ISOLATION"]
-    user = k8s.V1Container(
-        name=USER_CONTAINER, image=base.image,
-        command=[f"{RUNTIME_DIR}/busybox", "sh", "-c", RUN_WRAPPER, "sh", *base.command, "--phase", "run",
-                 "--work", WORK_DIR],
-        env=[*user_env, k8s.V1EnvVar(name="TRAINYARD_ISOLATION", value="pod")],
-        resources=base.resources, volume_mounts=[*pfs, *mounts])
-    base.image, base.command, base.resources = step_image, steps_cmd, small
-    base.args = [*base.args, "--phase", "finish", "--work", WORK_DIR]
-    base.volume_mounts = [*(base.volume_mounts or []), mounts[0]]
-    pod.spec.init_containers = [*(pod.spec.init_containers or []), prepare]
-    pod.spec.containers = [base, user, *pod.spec.containers[1:]]
-    pod.spec.volumes = [*(pod.spec.volumes or []),
-                        *(k8s.V1Volume(name=m.name, empty_dir=k8s.V1EmptyDirVolumeSource()) for m in mounts)]
-    return pod
 
 
 def train_step(*, task_id: str, source: str, data: str, image: str, combinations, **partial_kwargs):

@@ -61,6 +61,7 @@ def run_streaming(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path
                 sys.stdout.write(line)
                 sys.stdout.flush()
                 log.write(line)
+                log.flush()  # in a pod, the finish container follows this file as the step's log
                 tail.append(line.rstrip())
         except BaseException:
             _stop(proc, threading.Event())  # the step itself is stopping: its user code must not outlive it

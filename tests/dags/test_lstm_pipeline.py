@@ -55,7 +55,8 @@ def test_every_pod_step_carries_the_declared_requests_limits_label_and_cache_off
     unmapped.dag = k8s_dag
     for task in (k8s_dag.get_task("build"), unmapped, k8s_dag.get_task("register")):
         pod = _render(task)
-        container = pod.spec.containers[0]
+        # A train pod's resources are its user container's (`train`); trainyard's own containers take little.
+        container = next((c for c in pod.spec.containers if c.name == "train"), pod.spec.containers[0])
         assert container.resources.requests == STEP, task.task_id
         assert container.resources.limits == STEP, task.task_id
         assert pod.metadata.labels["trainyard.io/task-id"] == task.task_id

@@ -61,7 +61,7 @@ def test_a_kaos_bundle_builds_from_its_own_dockerfile_and_trains_as_locally(k8s_
     # kaos builds its Dockerfile with model/ as the context (`COPY . /opt/program/`, `RUN chmod +x train`).
     assert main(["logs", "--run-id", run_id, "--step", "build"]) == 0
     build_log = capsys.readouterr().out
-    image = train.spec.containers[0].image
+    image = train.spec.containers[1].image  # the user's container
     assert f"built and pushed {image}" in build_log
     local = _local(tmp_path, *args)
     assert result["metrics"]["accuracy_test"] == local["metrics"]["accuracy_test"]
@@ -78,7 +78,7 @@ def test_an_ai_center_package_without_a_dockerfile_gets_the_default_image(k8s_pr
     assert main(["logs", "--run-id", run_id, "--step", "build"]) == 0
     build_log = capsys.readouterr().out
     [train] = watcher.of_run(run_id, "train")
-    image = train.spec.containers[0].image
+    image = train.spec.containers[1].image  # the user's container
     assert "has no Dockerfile: building the default image on python:3.11-slim" in build_log
     assert f"built and pushed {image}" in build_log
     (model,) = result["models"]

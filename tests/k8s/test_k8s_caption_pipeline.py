@@ -50,8 +50,15 @@ def test_datum_steps_run_as_pods_and_a_new_datum_is_all_a_rerun_processes(cluste
     datum_pods = watcher.of_run(first, "datum")
     assert len(datum_pods) == 12 and {p.status.phase for p in datum_pods} == {"Succeeded"}
     # images runs builtin code in the steps image; features and consolidate in the captioning image.
-    images = {p.metadata.labels["task_id"]: p.spec.containers[0].image for p in datum_pods}
+    # The transform runs in a container of its own (`train`), which holds no store Secret; trainyard's own
+    # containers (prepare, finish) do.
+    images = {p.metadata.labels["task_id"]: p.spec.containers[1].image for p in datum_pods}
     assert "/trainyard/steps:" in images["images"] and "/captioning:" in images["features"]
+    for pod in datum_pods:
+        user = pod.spec.containers[1]
+        assert user.name == "train" and not user.env_from, pod.metadata.name
+        assert [c.env_from[0].secret_ref.name for c in (pod.spec.init_containers[0], pod.spec.containers[0])] == \
+            ["trainyard-store", "trainyard-store"]
     assert len(store.resolve("consolidated").manifest) == 20
     results = runs.read_results(store, "caption_pipeline", first)
     (model,) = results.models

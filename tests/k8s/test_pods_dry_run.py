@@ -119,23 +119,34 @@ def test_every_pod_of_every_dag_is_accepted_by_the_api_server(dags, kube, cluste
             "caption_pipeline.images", "caption_pipeline.features_build", "caption_pipeline.features",
             "caption_pipeline.consolidate_collect", "predict.predict", "ingest.fetch"} <= set(seen)
     train = seen["train_pipeline.train"]
-    base = train.spec.containers[0]
-    assert base.image == f"{cluster.registry}/mnist:{SOURCE_ID[:12]}"
-    assert any(m.mount_path == "/pfs" for m in base.volume_mounts)
-    assert [e.secret_ref.name for e in base.env_from if e.secret_ref] == ["trainyard-store"]
+    base, user = train.spec.containers[0], train.spec.containers[1]
+    (prepare,) = train.spec.init_containers
+    # The user's code runs in the built image, in a container of its own that holds no store Secret; trainyard's
+    # prepare (init) and finish (base) containers hold it and move the inputs and outputs.
+    assert user.name == "train" and user.image == f"{cluster.registry}/mnist:{SOURCE_ID[:12]}"
+    assert not user.env_from and not any(e.name.startswith("AWS_SECRET") for e in user.env or [])
+    assert {e.name: e.value for e in user.env}["TRAINYARD_ISOLATION"] == "pod"
+    assert any(m.mount_path == "/pfs" for m in user.volume_mounts)
+    for container in (prepare, base):
+        assert [e.secret_ref.name for e in container.env_from if e.secret_ref] == ["trainyard-store"]
+        assert container.image.startswith(f"{cluster.registry}/trainyard/steps:")
+    assert prepare.args[-5:] == ["--phase", "prepare", "--work", "/trainyard/work", "--runtime-dir",
+                                 "/trainyard/bin"][-5:]
+    assert base.args[-4:] == ["--phase", "finish", "--work", "/trainyard/work"]
     assert train.metadata.labels["trainyard.io/step"] == "train" and train.metadata.labels["map_index"] == "0"
     if gpu:
-        assert base.resources.limits["nvidia.com/gpu"] == "1"
+        assert user.resources.limits["nvidia.com/gpu"] == "1"
         # The server defaults the request of an extended resource to its limit.
-        assert base.resources.requests["nvidia.com/gpu"] == "1"
+        assert user.resources.requests["nvidia.com/gpu"] == "1"
+        assert "nvidia.com/gpu" not in (base.resources.limits or {})
         assert train.spec.node_selector == {"nvidia.com/gpu.present": "true"}
         assert [t.key for t in train.spec.tolerations if t.key == "nvidia.com/gpu"] == ["nvidia.com/gpu"]
     else:
-        assert "nvidia.com/gpu" not in (base.resources.limits or {})
+        assert "nvidia.com/gpu" not in (user.resources.limits or {})
     build = seen["train_pipeline.build"]
     assert build.spec.init_containers[0].name == "fetch-source"
     assert build.spec.containers[0].security_context.privileged is True
-    lstm = seen["lstm_pipeline.train"].spec.containers[0]
+    lstm = seen["lstm_pipeline.train"].spec.containers[1]
     assert lstm.resources.limits["memory"] == "4000Mi"
     assert seen["lstm_pipeline.train"].metadata.labels["trainyard.io/task-id"] == "train"
 

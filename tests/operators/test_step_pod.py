@@ -139,9 +139,14 @@ def test_sweep_train_pod_for_gpu_2_cpu_4_memory_16gi(k8s_env):
                           "model_id": "325ad5966d9d_f3eecf11db7d:79b897106fa4"},
                          cpu="4", memory="16Gi", gpu="2", timeout="3600")
     pod = task.build_pod_request_obj(_context(task, map_index=7), dry_run=True)
-    base = pod.spec.containers[0]
-    assert base.resources.requests == {"cpu": "4", "memory": "16Gi"}
-    assert base.resources.limits == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}
+    base, user = pod.spec.containers[0], pod.spec.containers[1]
+    # The user's code has the resources and GPUs, in a container without the store Secret; trainyard's finish
+    # (base) and prepare (init) containers have the Secret and small requests.
+    assert user.name == "train" and not user.env_from
+    assert user.resources.requests == {"cpu": "4", "memory": "16Gi"}
+    assert user.resources.limits == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}
+    assert "nvidia.com/gpu" not in base.resources.limits and base.env_from[0].secret_ref.name == "trainyard-store"
+    assert ("pfs", "/pfs") in [(m.name, m.mount_path) for m in user.volume_mounts]
     assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
     assert [(t.key, t.effect) for t in pod.spec.tolerations] == [("nvidia.com/gpu", "NoSchedule")]
     assert pod.spec.active_deadline_seconds == 3600

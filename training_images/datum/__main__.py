@@ -1,21 +1,53 @@
-"""Datum step: run a transform over each datum of a chunk, skipping datums whose output exists, retrying alone."""
+"""Datum step: run a transform over each datum of a chunk, skipping datums whose output exists, retrying alone.
+
+Like the train step it runs in three phases: `prepare` (store credentials) lays out each pending datum's inputs and
+the code, `run` (no credentials) runs the transform on each, `finish` (store credentials) uploads the outputs and
+publishes the records. Locally one process runs all three, the transform in the sandbox; in a Kubernetes pod each
+is its own container, so the one running user code holds no store Secret.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from pydantic import BaseModel
+
+from training_images import phases, sandbox
 from training_images.datum.inputs import add_step_arguments, load_step
-from training_images import sandbox
 from training_images.usercode import env_bin_for, run_streaming, user_env
 from trainyard import config, contract
 from trainyard.datums import datum_key, has_record, save_record
 from trainyard.records import DatumRecord
-from trainyard.store.versioned import Store
+
+
+
+class PlannedDatum(BaseModel):
+    """One pending datum of the chunk, laid out under `folder` (in/, and after `run`: out/, log, exit, attempts)."""
+
+    datum: str
+    datum_id: str
+    key: str
+    folder: str
+
+
+class DatumPlan(BaseModel):
+    """What `prepare` hands to `run` and `finish` through the work dir."""
+
+    schema_version: int = 1
+    cmd: list[str]
+    code_dir: str
+    env_bin: str | None = None
+    params_file: str
+    attempts: int
+    pending: list[PlannedDatum]
+    skipped: list[dict]
 
 
 def _command(transform: str, code_dir: Path) -> list[str]:
@@ -27,75 +59,108 @@ def _command(transform: str, code_dir: Path) -> list[str]:
     return [str(script)]
 
 
-def _process(store: Store, args, datum: str, files: dict, code_dir: Path, env_bin: Path | None, params_file: Path,
-             work: Path) -> dict:
-    """One datum, up to --attempts times; a failure here never stops the chunk's other datums."""
-    started = time.time()
-    for attempt in range(1, args.attempts + 1):
-        with tempfile.TemporaryDirectory(prefix="datum-", dir=work) as tmp:
-            in_dir, out_dir = Path(tmp) / "in", Path(tmp) / "out"
-            out_dir.mkdir()
-            store.materialize(files, in_dir)
-            env = user_env(env_bin, {contract.PARAMS_ENV: str(params_file), "TRAINYARD_DATUM": datum}, home=work)
-            log_path = Path(tmp) / "datum.log"
-            print(f"datum {datum} (attempt {attempt}/{args.attempts})", flush=True)
-            try:
-                argv, _ = sandbox.isolate([*_command(args.transform, code_dir), str(in_dir), str(out_dir)],
-                                          cwd=code_dir, keep=[work, Path(tmp), *([env_bin.parent] if env_bin else [])])
-            except sandbox.SandboxError as exc:
-                raise SystemExit(f"error: {exc}") from None
-            code, tail = run_streaming(argv, code_dir, env, log_path)
-            log_sha = store.put_blob_bytes(log_path.read_bytes())
-            if code == 0:
-                outputs = {p.relative_to(out_dir).as_posix(): p for p in sorted(out_dir.rglob("*")) if p.is_file()}
-                report = store.upload_files(outputs)
-                return {"datum": datum, "status": "processed", "attempts": attempt, "log": log_sha,
-                        "outputs": report.manifest, "seconds": round(time.time() - started, 3)}
-            error = tail[-1] if tail else f"exit code {code}"
-            print(f"datum {datum} failed (exit {code}): {error}", file=sys.stderr, flush=True)
-    return {"datum": datum, "status": "failed", "attempts": args.attempts, "error": error, "log": log_sha,
-            "seconds": round(time.time() - started, 3)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="training_images.datum")
-    add_step_arguments(parser)
-    parser.add_argument("--datums", required=True, help="JSON list of the datum paths this task processes")
-    parser.add_argument("--attempts", type=int, default=2, help="tries per datum before it counts as failed")
-    parser.add_argument("--venv-cache", default=config.load().venv_cache)
-    args = parser.parse_args(argv)
-
+def prepare(args, work: Path, *, shared: bool = False) -> DatumPlan:
+    """Lay out the code and each pending datum's inputs under `work`; needs the store."""
     wanted = json.loads(args.datums)
     store = contract.store_from_env()
     step = load_step(store, args)
-    units, specs, code, version, params = step.units, step.specs, step.code, step.version, step.params
+    units, code, version, params = step.units, step.code, step.version, step.params
     unknown = [d for d in wanted if d not in units]
     if unknown:
         raise SystemExit(f"datums {', '.join(unknown[:5])} are not among the step's inputs {args.inputs}")
-    results, counts = [], {"processed": 0, "skipped": 0, "failed": 0}
-    with tempfile.TemporaryDirectory(prefix="trainyard-datum-") as tmp:
-        work = Path(tmp)
-        code_dir = work / "code"
-        code_dir.mkdir()
-        if code:
-            store.materialize(code.manifest, code_dir)
-        params_file = work / "params.json"
-        params_file.write_text(json.dumps(params, sort_keys=True))
-        env_bin = env_bin_for(code, args.venv_cache) if code else None
-        for datum in wanted:
-            key = datum_key(units[datum]["id"], version, params)
-            if has_record(store, args.pipeline, args.step, key):
-                counts["skipped"] += 1
-                results.append({"datum": datum, "status": "skipped", "key": key})
-                continue
-            outcome = _process(store, args, datum, units[datum]["files"], code_dir, env_bin, params_file, work)
-            outcome["key"] = key
-            counts[outcome["status"]] += 1
-            if outcome["status"] == "processed":
-                # Outputs are uploaded; the record is published last and is what later runs skip on.
-                save_record(store, args.pipeline, args.step, DatumRecord(
-                    **outcome, datum_id=units[datum]["id"], code=version, params=params, inputs=specs))
-            results.append({k: v for k, v in outcome.items() if k != "outputs"})
+    code_dir = work / "code"
+    code_dir.mkdir(parents=True, exist_ok=True)
+    if code:
+        store.materialize(code.manifest, code_dir)
+    params_file = work / "params.json"
+    params_file.write_text(json.dumps(params, sort_keys=True))
+    env_bin = env_bin_for(code, args.venv_cache) if code else None
+    pending, skipped = [], []
+    for n, datum in enumerate(wanted):
+        key = datum_key(units[datum]["id"], version, params)
+        if has_record(store, args.pipeline, args.step, key):
+            skipped.append({"datum": datum, "status": "skipped", "key": key})
+            continue
+        folder = work / "datums" / f"{n:06d}"
+        store.materialize(units[datum]["files"], folder / "in")
+        (folder / "out").mkdir(parents=True)
+        pending.append(PlannedDatum(datum=datum, datum_id=units[datum]["id"], key=key, folder=str(folder)))
+    plan = DatumPlan(cmd=_command(args.transform, code_dir), code_dir=str(code_dir),
+                     env_bin=str(env_bin) if env_bin else None, params_file=str(params_file),
+                     attempts=args.attempts, pending=pending, skipped=skipped)
+    if shared:  # the user's image may run as another user: it writes outputs and logs next to the inputs
+        for path in (work, *(p for p in work.rglob("*") if p.is_dir())):
+            path.chmod(0o777)
+    (work / phases.PLAN_FILE).write_text(plan.model_dump_json())
+    return plan
+
+
+def run(work: Path) -> None:
+    """Run the transform on each pending datum, up to `attempts` times each; holds no store credentials."""
+    plan = DatumPlan.model_validate_json((work / phases.PLAN_FILE).read_text())
+    env_bin = Path(plan.env_bin) if plan.env_bin else None
+    try:
+        for item in plan.pending:
+            folder = Path(item.folder)
+            started = time.time()
+            for attempt in range(1, plan.attempts + 1):
+                out_dir = folder / "out"
+                shutil.rmtree(out_dir, ignore_errors=True)
+                out_dir.mkdir()
+                env = user_env(env_bin, {contract.PARAMS_ENV: plan.params_file, "TRAINYARD_DATUM": item.datum},
+                               home=work)
+                print(f"datum {item.datum} (attempt {attempt}/{plan.attempts})", flush=True)
+                try:
+                    argv, _ = sandbox.isolate([*plan.cmd, str(folder / "in"), str(out_dir)], cwd=Path(plan.code_dir),
+                                              keep=[work, *([env_bin.parent] if env_bin else [])])
+                except sandbox.SandboxError as exc:
+                    (folder / "log").write_text(f"error: {exc}\n")
+                    code = 2
+                else:
+                    code, tail = run_streaming(argv, Path(plan.code_dir), env, folder / "log")
+                (folder / "exit").write_text(f"{code} {attempt} {time.time() - started:.3f}")
+                if code == 0:
+                    break
+                lines = (folder / "log").read_text(errors="replace").splitlines()
+                print(f"datum {item.datum} failed (exit {code}): {lines[-1] if lines else ''}", file=sys.stderr,
+                      flush=True)
+    finally:
+        (work / phases.DONE_FILE).touch()
+
+
+def finish(args, work: Path, *, follow: bool = False) -> int:
+    """Upload each datum's log and outputs, publish its record, report the chunk; needs the store."""
+    if follow:
+        phases.follow(work)  # the transforms' output is the run container's own log
+    store = contract.store_from_env()
+    plan = DatumPlan.model_validate_json((work / phases.PLAN_FILE).read_text())
+    step = load_step(store, args)
+    results = list(plan.skipped)
+    counts = {"processed": 0, "skipped": len(plan.skipped), "failed": 0}
+    for item in plan.pending:
+        folder = Path(item.folder)
+        log = folder / "log"
+        log_sha = store.put_blob_bytes(log.read_bytes() if log.exists() else b"")
+        parts = (folder / "exit").read_text().split() if (folder / "exit").exists() else []
+        code = int(parts[0]) if parts else -1
+        attempts = int(parts[1]) if len(parts) > 1 else 0
+        seconds = round(float(parts[2]), 3) if len(parts) > 2 else 0.0
+        outcome = {"datum": item.datum, "key": item.key, "log": log_sha, "attempts": attempts, "seconds": seconds}
+        if code == 0:
+            out_dir = folder / "out"
+            outputs = {p.relative_to(out_dir).as_posix(): p for p in sorted(out_dir.rglob("*")) if p.is_file()}
+            report = store.upload_files(outputs)
+            outcome.update(status="processed", outputs=report.manifest)
+            # Outputs are uploaded; the record is published last and is what later runs skip on.
+            save_record(store, args.pipeline, args.step, DatumRecord(
+                **outcome, datum_id=item.datum_id, code=step.version, params=step.params, inputs=step.specs))
+        else:
+            lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+            error = (lines[-1] if lines else "") or ("the transform's container ended before this datum ran"
+                                                     if code == -1 else f"exit code {code}")
+            outcome.update(status="failed", error=error)
+        counts[outcome["status"]] += 1
+        results.append({k: v for k, v in outcome.items() if k != "outputs"})
     print(f"step {args.step}: {counts['processed']} processed, {counts['skipped']} skipped, "
           f"{counts['failed']} failed", flush=True)
     # Failures last: the task's error message is the step's last line, so it names the datum and its error.
@@ -105,6 +170,34 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     contract.write_result({**counts, "datums": results})
     return 1 if counts["failed"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="training_images.datum")
+    add_step_arguments(parser)
+    parser.add_argument("--datums", required=True, help="JSON list of the datum paths this task processes")
+    parser.add_argument("--attempts", type=int, default=2, help="tries per datum before it counts as failed")
+    parser.add_argument("--venv-cache", default=os.environ.get("TRAINYARD_VENV_CACHE"))
+    phases.add_phase_arguments(parser)
+    args = parser.parse_args(argv)
+    args.venv_cache = args.venv_cache or config.load().venv_cache
+    if args.phase != "all":
+        if not args.work:
+            parser.error(f"--phase {args.phase} needs --work")
+        work = Path(args.work)
+        if args.phase == "prepare":
+            phases.install_busybox(args.runtime_dir)
+            prepare(args, work, shared=True)
+            return 0
+        if args.phase == "run":
+            run(work)
+            return 0
+        return finish(args, work, follow=True)
+    with tempfile.TemporaryDirectory(prefix="trainyard-datum-") as tmp:
+        work = Path(tmp)
+        prepare(args, work)
+        run(work)
+        return finish(args, work)
 
 
 if __name__ == "__main__":

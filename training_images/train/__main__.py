@@ -19,18 +19,16 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from training_images import aicenter, sandbox
+from training_images import aicenter, phases, sandbox
 from training_images.usercode import env_bin_for, run_streaming, user_env
 from trainyard import config, contract, runs
 from trainyard.archives import ArchiveError, ArchiveLimits, unpack_archives
 from trainyard.bundles import PARAMS_FILES, static_params
+from trainyard.errors import TrainyardError
 from trainyard.records import TrainedModel, TrainFailure
 from trainyard.store import parse_ref
 
-PHASES = ("all", "prepare", "run", "finish")
-PLAN_FILE, LOG_FILE, EXIT_FILE, DONE_FILE = "plan.json", "train.log", "exit", "done"
-# How long `finish` waits between looks at the user's log while the `run` container trains.
-FOLLOW_INTERVAL = 0.5
+LOG_FILE, EXIT_FILE = "train.log", "exit"
 
 
 class TrainPlan(BaseModel):
@@ -105,8 +103,8 @@ def prepare(args, work: Path, *, shared: bool = False) -> TrainPlan:
         # In pods /pfs is an emptyDir: inputs go exactly where kaos code looks for them.
         pfs = Path(os.environ["TRAINYARD_PFS_ROOT"])
         data_dir, hyper_dir = pfs / "data", pfs / "hyper"
-    store.materialize(source.manifest, source_dir)
-    store.materialize(data.manifest, data_dir)
+    store.materialize(source.manifest, source_dir, where=f"source commit {source.ref}")
+    store.materialize(data.manifest, data_dir, where=f"data commit {data.ref}")
     try:
         # Zip and tar archives in the data bundle are unpacked next to themselves, within the configured caps.
         unpack_archives(data_dir, ArchiveLimits.from_settings(config.load()), log=lambda m: print(m, flush=True))
@@ -147,7 +145,7 @@ def prepare(args, work: Path, *, shared: bool = False) -> TrainPlan:
         # The user's image may run as another user: it must be able to write its outputs and its log.
         for path in (work, out_dir, *(p for p in out_dir.rglob("*") if p.is_dir())):
             path.chmod(0o777)
-    (work / PLAN_FILE).write_text(plan.model_dump_json())
+    (work / phases.PLAN_FILE).write_text(plan.model_dump_json())
     print(f"training model {mid}: source {source.ref} data {data.ref} params {json.dumps(params, sort_keys=True)}",
           flush=True)
     return plan
@@ -164,7 +162,7 @@ def _deadline() -> float | None:
 
 def run(work: Path) -> int:
     """Run the user's code as the plan says, in the sandbox; holds no store credentials (and needs none)."""
-    plan = TrainPlan.model_validate_json((work / PLAN_FILE).read_text())
+    plan = TrainPlan.model_validate_json((work / phases.PLAN_FILE).read_text())
     env_bin = Path(plan.env_bin) if plan.env_bin else None
     env = user_env(env_bin, plan.env, home=work)
     started = time.time()
@@ -185,34 +183,15 @@ def run(work: Path) -> int:
         return code
     finally:
         (work / EXIT_FILE).write_text(f"{code} {time.time() - started:.3f}")
-        (work / DONE_FILE).touch()
-
-
-def _follow(work: Path) -> None:
-    """In a pod: echo the user's log as the `run` container writes it, until that container says it is done."""
-    position = 0
-    while True:
-        done = (work / DONE_FILE).exists()
-        log = work / LOG_FILE
-        if log.exists():
-            with open(log, "rb") as fh:
-                fh.seek(position)
-                chunk = fh.read()
-            position += len(chunk)
-            if chunk:
-                sys.stdout.write(chunk.decode(errors="replace"))
-                sys.stdout.flush()
-        if done:
-            return
-        time.sleep(FOLLOW_INTERVAL)
+        (work / phases.DONE_FILE).touch()
 
 
 def finish(args, work: Path, *, follow: bool = False) -> int:
     """Upload the log and outputs, record the outcome, write the step's result; needs the store."""
     if follow:
-        _follow(work)
+        phases.follow(work, work / LOG_FILE)
     store = contract.store_from_env()
-    plan = TrainPlan.model_validate_json((work / PLAN_FILE).read_text())
+    plan = TrainPlan.model_validate_json((work / phases.PLAN_FILE).read_text())
     log_path = work / LOG_FILE
     exit_text = (work / EXIT_FILE).read_text().split() if (work / EXIT_FILE).exists() else []
     code = int(exit_text[0]) if exit_text else -1
@@ -263,29 +242,39 @@ def _record(store, args, outcome: TrainedModel | TrainFailure) -> None:
         save(store, args.pipeline, run_id, outcome)
 
 
+def _record_prepare_failure(args, exc: BaseException) -> None:
+    """The combination's failure record when its inputs could not be prepared (the store may be what failed)."""
+    if not args.expect_model_id:
+        return
+    if isinstance(exc, SystemExit):
+        message, code = (exc.code if isinstance(exc.code, str) else f"exit {exc.code}"), 1
+    else:
+        message, code = f"{type(exc).__name__}: {exc}", getattr(exc, "exit_code", 1)
+    try:
+        _record(contract.store_from_env(), args, TrainFailure(model_id=args.expect_model_id, label=args.label,
+                                                              exit_code=code, error=message))
+    except Exception:  # noqa: BLE001 - the store may be what failed; the step's own error says why
+        pass
+
+
 def _prepare_or_record(args, work: Path, *, shared: bool = False) -> TrainPlan:
     """prepare(), and when it fails (a corrupt blob, a bad archive) the combination's failure record says why, so
     the run reports the real cause rather than "did not run"."""
     try:
         return prepare(args, work, shared=shared)
+    except TrainyardError as exc:
+        _record_prepare_failure(args, exc)
+        # One line, and the error's own exit code (7 for a corrupt blob, 5 for a store that stopped answering).
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(exc.exit_code) from None
     except (Exception, SystemExit) as exc:
-        message = str(exc) if not isinstance(exc, SystemExit) or isinstance(exc.code, str) else f"exit {exc.code}"
-        if args.expect_model_id:
-            try:
-                _record(contract.store_from_env(), args, TrainFailure(
-                    model_id=args.expect_model_id, label=args.label, exit_code=1,
-                    error=f"{type(exc).__name__}: {message}" if not isinstance(exc, SystemExit) else message))
-            except Exception:  # noqa: BLE001 - the store may be what failed; the step's own error says why
-                pass
+        _record_prepare_failure(args, exc)
         raise
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training_images.train")
-    parser.add_argument("--phase", choices=PHASES, default="all",
-                        help="all (one process, locally) or one container's part of the pod")
-    parser.add_argument("--work", help="the work dir the phases share (a pod volume); default a temporary dir")
-    parser.add_argument("--runtime-dir", help="prepare: where to put the static busybox the `run` container uses")
+    phases.add_phase_arguments(parser)
     parser.add_argument("--source", help="source commit as repo:id")
     parser.add_argument("--data", help="data commit as repo:id")
     parser.add_argument("--params", default="{}", help="hyperparameters as a JSON object")
@@ -303,10 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work)
         if args.phase == "prepare":
             args.venv_cache = args.venv_cache or config.load().venv_cache
-            if args.runtime_dir:
-                Path(args.runtime_dir).mkdir(parents=True, exist_ok=True)
-                shutil.copy(shutil.which("busybox") or "/bin/busybox", Path(args.runtime_dir) / "busybox")
-                (Path(args.runtime_dir) / "busybox").chmod(0o755)
+            phases.install_busybox(args.runtime_dir)
             _prepare_or_record(args, work, shared=True)
             return 0
         if args.phase == "run":
