@@ -15,6 +15,7 @@ from trainyard import config, contract, registry, runs
 from trainyard.bundles import static_params
 from trainyard.errors import TrainyardError
 from trainyard.grids import combination_label, expand_grid
+from trainyard.k8s import built_image
 from trainyard.options import RunOptions
 from trainyard.resources import Resources
 from trainyard.store.versioned import Commit, Store
@@ -160,7 +161,7 @@ class ResolveInputsOperator(BaseOperator):
         plan = {
             "pipeline": pipeline, "run_id": run_id, "start_time": started,
             "source": f"{source.repo}:{source.id}", "data": f"{data.repo}:{data.id}", "name": source.repo,
-            "image": f"{settings.registry}/{source.repo}:{source.id[:12]}",
+            "image": built_image(settings.registry, source.repo, source.id, settings.step_image),
             "resources": {"cpu": resources.cpu, "memory": resources.memory, "gpu": resources.gpu},
             "timeout": timeout, "metric": chosen["metric"], "grid": grid,
             "no_cache": no_cache, "major": options.major, "save_training_data": options.save_training_data,

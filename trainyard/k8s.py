@@ -177,3 +177,15 @@ def registries_conf(docker_hub_mirror: str = "", insecure: Iterable[str] = ()) -
     for registry in insecure:
         lines += ["[[registry]]", f'location = "{registry}"', "insecure = true", ""]
     return "\n".join(lines)
+
+
+def built_image(registry: str, repo: str, commit_id: str, step_image: str) -> str:
+    """The image the build step makes for a source commit: `<registry>/<repo>:<commit>-<runtime>`.
+
+    The build layers trainyard's runtime from the steps image onto the bundle's own image, so the tag names both:
+    a new trainyard (another steps image) builds the bundle again instead of reusing an image whose runtime speaks
+    an older step protocol."""
+    import hashlib
+
+    runtime = hashlib.sha256(step_image.encode()).hexdigest()[:8]
+    return f"{registry}/{repo}:{commit_id[:12]}-{runtime}"

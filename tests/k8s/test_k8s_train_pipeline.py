@@ -20,6 +20,7 @@ import pytest
 from tests.k8s.conftest import MNIST
 from tests.k8s.podwatch import PodWatcher
 from trainyard.cli import main
+from trainyard.k8s import built_image
 
 pytestmark = pytest.mark.e2e
 SWEEP = '{"kernel": ["linear", "rbf", "poly"]}'
@@ -89,8 +90,9 @@ def test_a_sweep_runs_as_pods_and_registers_the_best(k8s_profile, k8s_airflow, k
     assert len(builds) == 1 and len(registers) == 1, _describe(builds + registers)
     assert len(trains) == 3, _describe(trains)
     assert {p.status.phase for p in trains + registers} == {"Succeeded"}
-    image = f"{k8s_airflow.env['TRAINYARD_REGISTRY']}/mnist:{result['source'][:12]}"
-    assert {p.spec.containers[0].image for p in trains} == {image}
+    image = built_image(k8s_airflow.env["TRAINYARD_REGISTRY"], "mnist", result["source"],
+                        k8s_airflow.env["TRAINYARD_STEP_IMAGE"])
+    assert {p.spec.containers[1].image for p in trains} == {image}  # the user's container
     # At most --parallelism (2) trainings at once, and the cluster did run two side by side.
     assert _max_overlap(_intervals(trains)) == 2
 
@@ -278,8 +280,9 @@ def test_a_node_that_advertises_a_gpu_takes_the_gpu_pod(k8s_profile, kube, store
     assert code == 0, err[-2000:]
     [pod] = watcher.of_run(result["run_id"], "train")
     assert pod.status.phase == "Succeeded"
-    base = pod.spec.containers[0]
-    assert base.resources.limits["nvidia.com/gpu"] == "1"
+    user = pod.spec.containers[1]  # the user's container has the GPU; trainyard's own have none
+    assert user.name == "train" and user.resources.limits["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in (pod.spec.containers[0].resources.limits or {})
     assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
     assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations if t.key == "nvidia.com/gpu"] == \
         [("nvidia.com/gpu", "Exists", "NoSchedule")]
