@@ -16,7 +16,10 @@ app = App()
 def fsck(session: Session, repair: Annotated[bool, typer.Option(
         "--repair", help="quarantine corrupt blobs (and mark missing ones), so putting the data again restores "
                          "them; nothing that is sound is ever deleted")] = False) -> int:
-    """Re-hash every blob and check every reference (commits, runs, models, registry, datums); exit 7 on damage."""
+    """Verify every blob and every reference; exit 7 on damage.
+
+    Re-hashes every blob and follows every reference: commits, runs, models, the registry, datum, provenance and
+    Pachyderm records. --repair quarantines corrupt blobs, so putting the data again restores them."""
     from trainyard import fsck as checker  # pydantic records load only when fsck runs
 
     store = session.store

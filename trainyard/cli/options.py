@@ -18,9 +18,11 @@ EXIT_CODES = """exit codes:
   0  success
   1  a pipeline step or the run failed (or an unexpected error; TRAINYARD_DEBUG=1 shows its traceback)
   2  bad input: options, bundle layout, resources, settings (nothing was stored)
-  3  not found or ambiguous: unknown repo, short id, model, DAG or run
-  4  server mode: Airflow refused the login (wrong user or password)
-  5  server mode: Airflow cannot be reached, does not answer in time, or answered with a server error
+  3  not found or ambiguous: unknown repo, short id, model, DAG or run; or the store itself (bucket, path)
+  4  credentials refused: by the S3 store, or by Airflow in server mode
+  5  unavailable: the S3 endpoint or the Airflow server cannot be reached or stopped answering in time
+  6  the store cannot be written: disk full or read-only (nothing stored is changed)
+  7  damage: a corrupt blob was read (and quarantined), or fsck found damage
   130  interrupted (Ctrl-C)
 """
 # Click rewraps help paragraphs; a paragraph that opens with \b keeps its lines.
