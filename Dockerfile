@@ -2,6 +2,12 @@
 # pinned requirements (psycopg2 for the Postgres metadata DB, the Kubernetes and Amazon providers, the templates').
 FROM apache/airflow:3.3.2-python3.11
 
+# bubblewrap keeps user code (a bundle's train, a transform) from the store's credentials on the local runner: its
+# own PID namespace, credential files hidden. Compose runs these services with seccomp unconfined so it can work.
+USER root
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
+USER airflow
+
 # Named volumes mount over these; creating them here (as the image's airflow user) makes fresh volumes start out
 # owned by that user, so the local runner's venv cache and the admin passwords file are writable.
 RUN mkdir -p /opt/airflow/venvs /opt/airflow/auth
