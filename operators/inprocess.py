@@ -50,8 +50,18 @@ def run_pipeline(dag_id: str, conf: dict, *, quiet: bool = False, store_uri: str
     parse_settings are trainyard settings the DAG file reads when it is parsed (e.g. parallelism, which becomes
     max_active_tis_per_dagrun); they are set as TRAINYARD_<NAME> for this run only.
     """
-    if quiet:
-        os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    # Quiet: Airflow's own logging at WARNING, for this run only (the CLI's process may start others after it).
+    quiet_env = {"AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"} \
+        if quiet and "AIRFLOW__LOGGING__LOGGING_LEVEL" not in os.environ else {}
+    os.environ.update(quiet_env)
+    try:
+        return _run_pipeline(dag_id, conf, store_uri=store_uri, parse_settings=parse_settings)
+    finally:
+        for name in quiet_env:
+            os.environ.pop(name, None)
+
+
+def _run_pipeline(dag_id: str, conf: dict, *, store_uri: str | None, parse_settings: dict[str, str] | None) -> dict:
     ensure_metadata_db()
     # The same credentials the steps use: the Airflow connection, else the environment. A store that is down,
     # missing, refusing or read-only fails here in one line with its exit code, before Airflow runs a task.

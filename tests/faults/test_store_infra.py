@@ -378,7 +378,10 @@ def test_deploy_local_with_the_endpoint_killed_during_the_run_is_exit_5(endpoint
     scenario.watch(endpoint.store(bucket))
     proc = subprocess.Popen([*TRAINYARD, "--store", uri, "deploy", "--local", "-s", source, "-d", data],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**os.environ, **SHORT, "TRAINYARD_DEFAULT_RETRIES": "0", "PYTHONUNBUFFERED": "1"})
+                            # INFO: the task lines mark when Airflow runs a task (an earlier in-process --json deploy
+                            # of this session may have set WARNING in the environment this inherits).
+                            env={**os.environ, **SHORT, "TRAINYARD_DEFAULT_RETRIES": "0", "PYTHONUNBUFFERED": "1",
+                                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"})
     try:
         seen = []
         for line in proc.stdout:
