@@ -382,9 +382,12 @@ USER_CONTAINER = "train"
 # The user's container runs the `run` phase under a static busybox shell that `prepare` copied in, so that even an
 # image that cannot start the step's module (or a run phase killed midway) leaves an exit code and `done` for
 # `finish` to report.
-_RUN_WRAPPER = ('"$@"; code=$?; [ -e {work}/done ] || {{ echo "the step\'s run phase ($1 $2 $3) ended with exit code '
+# A shell as PID 1 ignores SIGTERM, so it passes a pod deletion's SIGTERM on to the run phase itself.
+_RUN_WRAPPER = ('trap \'kill -TERM $child 2>/dev/null\' TERM; "$@" & child=$!; wait $child; code=$?; [ -e {work}/done ] || {{ echo "the step\'s run phase ($1 $2 $3) ended with exit code '
                 '$code before it finished; see the {user} container\'s log" >> {work}/train.log; '
-                'echo "$code 0" > {work}/exit; {bin}/busybox touch {work}/done; }}; exit 0')
+                'echo "$code 0" > {work}/exit; {bin}/busybox touch {work}/done; }}; '
+                # `exited` tells finish this container is ending, so the pod is not deleted while it still runs.
+                '{bin}/busybox touch {work}/exited; exit 0')
 
 
 def user_code_pod(pod: k8s.V1Pod, step_image: str, module: str) -> k8s.V1Pod:

@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 PHASES = ("all", "prepare", "run", "finish")
-PLAN_FILE, DONE_FILE = "plan.json", "done"
+PLAN_FILE, DONE_FILE, EXITED_FILE = "plan.json", "done", "exited"
+# How long finish waits, once the run phase is done, for the `run` container's wrapper to end (it says so).
+EXIT_WAIT = 15.0
 # How long `finish` waits between looks at the work volume while the `run` container works.
 FOLLOW_INTERVAL = 0.5
 
@@ -49,5 +51,9 @@ def follow(work: Path, log: Path | None = None) -> None:
                 sys.stdout.write(chunk.decode(errors="replace"))
                 sys.stdout.flush()
         if done:
-            return
+            break
         time.sleep(FOLLOW_INTERVAL)
+    # The pod is deleted once this container ends; the `run` container should have ended by then.
+    deadline = time.monotonic() + EXIT_WAIT
+    while not (work / EXITED_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)

@@ -111,9 +111,16 @@ def test_a_sweep_runs_as_pods_and_registers_the_best(k8s_profile, k8s_airflow, k
     assert on_k8s == on_local
     assert result["model_id"] == local["model_id"] and result["version"]["name"] == "mnist"
 
-    # The pods are gone, and their output is still there: it was kept in the store while they ran.
-    assert not [p for p in kube.list_namespaced_pod("default").items
+    # The pods are gone (a deleted pod's object goes once its containers have stopped), and their output is still
+    # there: it was kept in the store while they ran.
+    def left() -> list[str]:
+        return [p.metadata.name for p in kube.list_namespaced_pod("default").items
                 if p.metadata.labels.get("run_id") == trains[0].metadata.labels["run_id"]]
+
+    deadline = time.monotonic() + 20
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left() == []
     for index in range(3):
         assert main(["logs", "--run-id", run_id, "--step", "train", "--map-index", str(index)]) == 0
         logs = capsys.readouterr().out
