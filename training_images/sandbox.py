@@ -251,6 +251,27 @@ def holds_credentials(environ: Mapping[str, str]) -> bool:
             or any(k.startswith("AIRFLOW_CONN_") for k in environ))
 
 
+def _refusal(reason: str) -> SandboxError:
+    return SandboxError(f"user code cannot be kept from the store's credentials: {reason}; or set "
+                        f"{ISOLATION_ENV}=none to run it unisolated (it can then read them)")
+
+
+def _unisolated(mode: str, ok: bool, reason: str, environ: Mapping[str, str]) -> str | None:
+    """The policy of every launch of user code: None to use the sandbox, else the line to log when user code runs
+    unisolated (`none`, or no bubblewrap and no store credentials to leak); raises where it must not run at all."""
+    if mode == "none":
+        return (f"warning: {ISOLATION_ENV}=none: user code runs unisolated and can read the store's credentials "
+                "from other processes and files")
+    if ok:
+        return None
+    if mode == "sandbox" or holds_credentials(environ):
+        raise _refusal(reason)
+    return f"note: user code runs unisolated ({reason}); this step holds no store credentials"
+
+
+SANDBOX_NOTE = "sandbox (bubblewrap): own PID namespace, store credentials out of reach"
+
+
 def isolate(cmd: list[str], *, cwd: Path, keep: Sequence[Path] = (), view: Sequence[str] = (),
             environ: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
     """The argv user code runs with, and lines to log, by the isolation mode (see user_command); `view` adds
@@ -260,16 +281,13 @@ def isolate(cmd: list[str], *, cwd: Path, keep: Sequence[Path] = (), view: Seque
     if mode == "pod":
         return cmd, []
     ok, reason = pfs_support()
-    if mode == "none" and not view:
-        return cmd, [f"warning: {ISOLATION_ENV}=none: user code runs unisolated and can read the store's credentials "
-                     "from other processes and files"]
-    if not ok:
-        if mode == "sandbox" or view or holds_credentials(env):
-            raise SandboxError(f"user code cannot be kept from the store's credentials: {reason}; or set "
-                               f"{ISOLATION_ENV}=none to run it unisolated (it can then read them)")
-        return cmd, [f"note: user code runs unisolated ({reason}); this step holds no store credentials"]
-    argv = isolated_argv(cmd, cwd=cwd, view=view, keep=keep, environ=env, bwrap=shutil.which("bwrap"))
-    return argv, ["sandbox (bubblewrap): own PID namespace, store credentials out of reach"]
+    # A view needs the sandbox: only a missing bubblewrap stops it (with the policy's own error or note).
+    note = _unisolated(mode, ok, reason, env) if not (view and ok) else None
+    if note and view:
+        raise _refusal(reason)
+    if note:
+        return cmd, [note]
+    return isolated_argv(cmd, cwd=cwd, view=view, keep=keep, environ=env, bwrap=shutil.which("bwrap")), [SANDBOX_NOTE]
 
 
 def user_command(cmd: list[str], *, source_dir: Path, data_dir: Path, hyper: Path, out_dir: Path, cwd: Path,
@@ -284,26 +302,17 @@ def user_command(cmd: list[str], *, source_dir: Path, data_dir: Path, hyper: Pat
     mode = isolation_mode(environ)
     if mode == "pod":
         return cmd, []
-    if mode == "none":
-        argv, note = pfs_command(cmd, source_dir=source_dir, data_dir=data_dir, hyper=hyper, out_dir=out_dir,
-                                 cwd=cwd, environ=environ)
-        warning = (f"warning: {ISOLATION_ENV}=none: user code runs unisolated and can read the store's credentials "
-                   "from other processes and files")
-        return argv, [warning, *([note] if note else [])]
     ok, reason = pfs_support()
-    if not ok:
-        if mode == "sandbox" or holds_credentials(env):
-            raise SandboxError(f"user code cannot be kept from the store's credentials: {reason}; or set "
-                               f"{ISOLATION_ENV}=none to run it unisolated (it can then read them)")
-        argv, note = pfs_command(cmd, source_dir=source_dir, data_dir=data_dir, hyper=hyper, out_dir=out_dir,
-                                 cwd=cwd, environ=environ)
-        return argv, [f"note: user code runs unisolated ({reason}); this step holds no store credentials",
-                      *([note] if note else [])]
+    note = _unisolated(mode, ok, reason, env)
+    if note:  # unisolated: the /pfs view alone, where bubblewrap can give it (pfs_command decides and says)
+        argv, pfs_note = pfs_command(cmd, source_dir=source_dir, data_dir=data_dir, hyper=hyper, out_dir=out_dir,
+                                     cwd=cwd, environ=environ)
+        return argv, [note, *([pfs_note] if pfs_note else [])]
     wanted, _ = _wants_view(source_dir, data_dir, environ)
     view = _pfs_view(data_dir=data_dir, hyper=hyper, out_dir=out_dir) if wanted else []
     keep = [*keep, Path(source_dir), Path(data_dir), Path(hyper), Path(out_dir)]
     argv = isolated_argv(cmd, cwd=cwd, view=view, keep=keep, environ=env, bwrap=shutil.which("bwrap"))
-    notes = ["sandbox (bubblewrap): own PID namespace, store credentials out of reach"]
+    notes = [SANDBOX_NOTE]
     if wanted:
         hyper_view = f"{PFS_ROOT}/hyper" if Path(hyper).is_dir() else f"{PFS_ROOT}/hyper/{Path(hyper).name}"
         notes.append(f"kaos /pfs view (bubblewrap): {PFS_ROOT}/data -> {data_dir}, {hyper_view} -> {hyper}, "
