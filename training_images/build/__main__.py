@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    requirements = store.get_blob_bytes(commit.manifest[path]["sha256"]) if path else None
+    requirements = store.read_entry(commit.manifest[path]) if path else None
     req_sha = requirements_sha(commit.manifest)
     print(f"requirements: {path or 'none (the runner environment only)'}", flush=True)
     reuse = os.environ.get("TRAINYARD_CACHE", "true") != "false"

@@ -54,10 +54,9 @@ def log(session: Session, repo: RepoArgument) -> int:
     """Commits of a repo, newest first."""
     commits = session.store.log(repo)
     if session.json:
-        print_json([{k: v for k, v in c.to_json().items() if k != "manifest"} | {"files": len(c.manifest)}
-                    for c in commits])
+        print_json([c.summary() for c in commits])
         return 0
-    print_table([{"commit": c.ref, "author": c.author, "time": format_time(c.time), "files": len(c.manifest),
+    print_table([{"commit": c.ref, "author": c.author, "time": format_time(c.time), "files": c.file_count,
                   "bytes": c.size, "message": c.message} for c in commits],
                 ["commit", "author", "time", "files", "bytes", "message"])
     return 0

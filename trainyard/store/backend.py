@@ -27,6 +27,10 @@ class Backend(abc.ABC):
         """Return the value; raise KeyError when the key is absent."""
 
     @abc.abstractmethod
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Return `length` bytes of the value from `offset` (a packed datum); raise KeyError when the key is absent."""
+
+    @abc.abstractmethod
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         """Return (value, version token) for compare-and-swap, or None when absent."""
 

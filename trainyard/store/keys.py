@@ -6,8 +6,11 @@ layout can be read, changed and migrated in one place. Keys are '/'-separated an
     blobs/sha256/<2>/<sha256>                              content-addressed bytes
     blobs/quarantine/<2>/<sha256>                          a blob's bytes that did not match their sha256
     blobs/quarantine/<2>/<sha256>.missing                  a referenced blob found missing (empty marker)
-    repos/<repo>/commits/<id>.json                         immutable commits
-    repos/<repo>/branches/<branch>.json                    a branch: head plus its log
+    blobs/packs/<2>/<sha256>                               many small blobs in one object (datums of a put)
+    trees/<2>/<sha256>.json                                a manifest's tree node (content-addressed, shared)
+    repos/<repo>/commits/<id>.json                         immutable commits (their manifest is a tree)
+    repos/<repo>/branches/<branch>.json                    a branch: head plus its newest log entries
+    repos/<repo>/history/<branch>/<sha256>.json            older log entries of a branch, a chain of segments
     runs/<pipeline>/<run>/plan.json                        the sweep a run trains (resolve step)
     runs/<pipeline>/<run>/trained/<model id>.json          one combination's outcome (train step)
     runs/<pipeline>/<run>/failed/<model id>.json           one combination's failure
@@ -17,7 +20,10 @@ layout can be read, changed and migrated in one place. Keys are '/'-separated an
     models/<src>_<data>/<params>.json                      model records with their lineage
     registry/<name>.json                                   a model's registry versions and aliases
     pipelines/<pipeline>/<name>/settings.json              settings a pipeline remembers per source repo
-    datums/<pipeline>/<step>/<key>.json                    a processed datum's record
+    datums/<pipeline>/<step>/batches/<id>.json             the records of the datums one task processed
+    datums/<pipeline>/<step>/keys/<id>.json                that batch's datum keys, published after it
+    datums/<pipeline>/<step>/index/<gen>-<id>.json         every batch's keys, compacted by collect
+    datums/<pipeline>/<step>/<key>.json                    a processed datum's record (before batches)
     provenance/<repo>/<commit>.json                        which datum made each file of a datum step's commit
     pps/pipelines/<name>.json                              a created Pachyderm pipeline
     pps/jobs/<name>/<job>.json, pps/state/<name>.json      its jobs, and the last one finished
@@ -29,6 +35,8 @@ from __future__ import annotations
 BLOBS = "blobs/sha256/"
 # Beside the blobs, not under them: a listing of BLOBS (what is stored) never counts a quarantined copy.
 QUARANTINE = "blobs/quarantine/"
+PACKS = "blobs/packs/"
+TREES = "trees/"
 REPOS = "repos/"
 RUNS = "runs/"
 LOGS = "logs/"
@@ -43,7 +51,7 @@ PPS_STATE = "pps/state/"
 PPS_STATS = "pps/stats/"
 
 # Every top-level prefix the layout uses; tests/test_layering.py keeps them out of every other module.
-PREFIXES = (BLOBS.split("/")[0] + "/", REPOS, RUNS, LOGS, MODELS, REGISTRY, PIPELINE_SETTINGS, DATUMS, PROVENANCE,
+PREFIXES = (BLOBS.split("/")[0] + "/", TREES, REPOS, RUNS, LOGS, MODELS, REGISTRY, PIPELINE_SETTINGS, DATUMS, PROVENANCE,
             "pps/")
 
 JSON = ".json"
@@ -81,6 +89,19 @@ def quarantined_sha(key: str) -> str:
     return blob_sha(key).removesuffix(MISSING)
 
 
+def pack(sha: str) -> str:
+    """An object that concatenates many small blobs; a manifest entry names it with the blob's offset."""
+    return f"{PACKS}{sha[:2]}/{sha}"
+
+
+def tree(node_id: str) -> str:
+    return f"{TREES}{node_id[:2]}/{node_id}{JSON}"
+
+
+def tree_id(key: str) -> str:
+    return blob_sha(key).removesuffix(JSON)
+
+
 # -- repos, commits and branches -----------------------------------------------------------------------------------
 def commit(repo: str, commit_id: str) -> str:
     return f"{REPOS}{repo}/commits/{commit_id}{JSON}"
@@ -97,6 +118,15 @@ def commit_id(key: str) -> str:
 
 def branch(repo: str, name: str) -> str:
     return f"{REPOS}{repo}/branches/{name}{JSON}"
+
+
+def history(repo: str, branch: str, segment: str) -> str:
+    """A sealed segment of a branch's log: older entries plus the segment before it."""
+    return f"{history_prefix(repo)}{branch}/{segment}{JSON}"
+
+
+def history_prefix(repo: str) -> str:
+    return f"{REPOS}{repo}/history/"
 
 
 def repo_of(key: str) -> str | None:

@@ -80,6 +80,14 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             raise self._absent(key) from None
 
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as fh:
+                fh.seek(offset)
+                return fh.read(length)
+        except FileNotFoundError:
+            raise self._absent(key) from None
+
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         try:
             data = self._path(key).read_bytes()

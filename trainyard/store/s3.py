@@ -108,6 +108,21 @@ class S3Backend(Backend):
                 raise
             return obj["Body"].read(), obj["ETag"]
 
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        if length <= 0:
+            return b""
+        with self._translating():
+            try:
+                obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key),
+                                             Range=f"bytes={offset}-{offset + length - 1}")
+            except ClientError as exc:
+                if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    raise KeyError(key) from None
+                raise
+            return obj["Body"].read()
+
     def write(self, key: str, data: bytes, *, if_version: str | None = None, if_absent: bool = False) -> None:
         from botocore.exceptions import ClientError
 

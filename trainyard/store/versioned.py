@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import getpass
 import hashlib
 import json
@@ -13,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from typing import Any
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from trainyard.errors import AmbiguousId, ConflictError, CorruptBlob, NotFound, TrainyardError
-from trainyard.store import keys
+from trainyard.store import keys, trees
+from trainyard.store.trees import plain_json_strings
 from trainyard.store.backend import Backend, PreconditionFailed
 from trainyard.store.local import LocalBackend
 
@@ -30,6 +32,14 @@ HEX = re.compile(r"^[0-9a-f]+$")
 SHORT_ID_MIN = 5
 SHORT_ID_LEN = 5
 _CHUNK = 1 << 20
+# Blobs smaller than this that a put writes together go into packs of about PACK_TARGET bytes: one object, not one
+# per datum (Pachyderm packs small files into chunks the same way).
+PACK_BELOW = 1 << 20
+PACK_TARGET = 32 << 20
+# Coalesced reads of a pack: gaps up to this many bytes are read through rather than split into two requests.
+_PACK_GAP = 1 << 20
+# A branch document keeps at most this many log entries (twice over before it seals the older half in a segment).
+LOG_KEEP = 64
 
 Manifest = dict[str, dict[str, Any]]
 
@@ -59,6 +69,12 @@ def sha256_file(path: Path, progress=None) -> str:
 
 def manifest_id(manifest: Manifest) -> str:
     """A commit id is the hash of its manifest only, so identical content gives an identical id."""
+    paths = sorted(manifest)
+    if plain_json_strings(paths):
+        # The bytes canonical_json would give, written directly: a million paths in a fraction of the time.
+        text = ",".join(f'"{path}":{{"sha256":"{manifest[path]["sha256"]}","size":{int(manifest[path]["size"])}}}'
+                        for path in paths)
+        return sha256_bytes(("{" + text + "}").encode())
     body = {path: {"sha256": entry["sha256"], "size": entry["size"]} for path, entry in manifest.items()}
     return sha256_bytes(canonical_json(body))
 
@@ -122,15 +138,27 @@ class _Bar:
 
 @dataclasses.dataclass(frozen=True)
 class Commit:
-    """An immutable snapshot of a repo: its manifest plus who, when, why and what came before."""
+    """An immutable snapshot of a repo: its manifest plus who, when, why and what came before.
+
+    A commit stored as a tree loads its manifest only when it is first asked for, so a log of commits of a
+    million-path repo reads a few small documents.
+    """
 
     repo: str
     id: str
-    manifest: Manifest
     parent: str | None
     author: str
     time: float
     message: str
+    tree: str | None = None
+    files: int | None = None
+    bytes: int | None = None
+    loaded: Manifest | None = dataclasses.field(default=None, repr=False, compare=False)
+    loader: Callable[[], Manifest] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def manifest(self) -> Manifest:
+        return self.loaded if self.loaded is not None else self.loader()
 
     @property
     def short(self) -> str:
@@ -142,10 +170,22 @@ class Commit:
 
     @property
     def size(self) -> int:
+        if self.bytes is not None:
+            return self.bytes
         return sum(entry["size"] for entry in self.manifest.values())
 
+    @property
+    def file_count(self) -> int:
+        return self.files if self.files is not None else len(self.manifest)
+
+    def summary(self) -> dict[str, Any]:
+        """What a log shows of a commit: everything but the manifest, and its file count (no tree is read)."""
+        return {"repo": self.repo, "id": self.id, "parent": self.parent, "author": self.author, "time": self.time,
+                "message": self.message, "files": self.file_count}
+
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"repo": self.repo, "id": self.id, "manifest": self.manifest, "parent": self.parent,
+                "author": self.author, "time": self.time, "message": self.message}
 
 
 @dataclasses.dataclass
@@ -164,6 +204,9 @@ class Store:
     def __init__(self, backend: Backend, *, concurrency: int = 8) -> None:
         self.backend = backend
         self.concurrency = concurrency
+        self._tree_nodes: dict[str, set[str]] = {}
+        # What the last commit() wrote (bench/scale reads it); None before any commit.
+        self.last_written: trees.Written | None = None
 
     @property
     def uri(self) -> str:
@@ -193,6 +236,111 @@ class Store:
             except PreconditionFailed:
                 pass  # a concurrent writer stored the same content
         return sha
+
+    def put_packed(self, blobs: list[bytes], *, known: Mapping[str, Mapping[str, Any]] | None = None
+                   ) -> list[dict[str, Any]]:
+        """Store small blobs together in packs and return one manifest entry per blob, in order.
+
+        Each entry keeps the blob's own sha256 (so datum ids, incremental processing and provenance are unchanged)
+        plus the pack that holds it and its offset there. A blob in `known` (sha256 -> an entry already stored, e.g.
+        the head commit's) is not written again; a blob of PACK_BELOW or more is stored on its own.
+        """
+        known = known or {}
+        quarantined = self.quarantined_blobs() if known else set()
+        entries: list[dict[str, Any] | None] = [None] * len(blobs)
+        where: dict[str, dict[str, Any]] = {}
+        pending: list[tuple[str, bytes]] = []
+        big: list[bytes] = []
+        sha256 = hashlib.sha256
+        for index, data in enumerate(blobs):
+            sha = sha256(data).hexdigest()
+            entry = where.get(sha)
+            if entry is None:
+                if sha in known and sha not in quarantined:
+                    entry = _entry(known[sha])
+                elif len(data) >= PACK_BELOW or sha in quarantined:
+                    # A blob found damaged in its pack is stored again on its own: commits that name the pack read
+                    # it from there (packs are never rewritten).
+                    entry = {"sha256": sha, "size": len(data)}
+                    big.append(bytes(data))
+                else:
+                    entry = {"sha256": sha, "size": len(data)}
+                    pending.append((sha, data))
+                where[sha] = entry
+            entries[index] = entry
+
+        def seal(batch: list[tuple[str, bytes]]) -> None:
+            body = b"".join(data for _, data in batch)
+            pack = sha256_bytes(body)
+            offset = 0
+            for sha, data in batch:
+                where[sha].update(pack=pack, offset=offset)
+                offset += len(data)
+            # Content-addressed: writing the same pack twice (a retried put) is harmless.
+            self.backend.write(keys.pack(pack), body)
+
+        batches: list[list[tuple[str, bytes]]] = [[]]
+        filled = 0
+        for item in pending:
+            if filled and filled + len(item[1]) > PACK_TARGET:
+                batches.append([])
+                filled = 0
+            batches[-1].append(item)
+            filled += len(item[1])
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            list(pool.map(seal, [batch for batch in batches if batch]))
+            list(pool.map(self.put_blob_bytes, big))
+        return entries  # type: ignore[return-value]
+
+    def _unpacked(self, pack: str, entry: Mapping[str, Any], pack_found: bool, where: str | None) -> bytes:
+        """A packed blob whose pack is missing or damaged: its own blob if a later put stored it again, else the
+        one-line error; the blob is marked so no manifest counts as proof of it and the next put stores it."""
+        sha = entry["sha256"]
+        try:
+            data = self.backend.read(self.blob_key(sha))
+            if sha256_bytes(data) == sha:
+                return data
+        except KeyError:
+            pass
+        self._mark_missing(sha)
+        if not pack_found:
+            raise NotFound(f"pack {keys.pack(pack)} holding blob {sha[:12]}{_where(where)} is missing from the "
+                           f"store {self.uri}; put the data again (`trainyard data put`) to restore it")
+        raise CorruptBlob(
+            f"blob {sha[:12]}{_where(where)} in pack {keys.pack(pack)} of {self.uri} is corrupt (its bytes do not "
+            "match its sha256); run `trainyard fsck`, then put the data again (`trainyard data put`)")
+
+    def read_entry(self, entry: Mapping[str, Any], *, where: str | None = None) -> bytes:
+        """The verified bytes of a manifest entry, from its pack or its own blob."""
+        if "pack" not in entry:
+            return self.get_blob_bytes(entry["sha256"], where=where)
+        return self._read_packed(entry["pack"], [entry], where=where)[entry["sha256"]]
+
+    def _read_packed(self, pack: str, entries: list[Mapping[str, Any]], *, where: str | None = None
+                     ) -> dict[str, bytes]:
+        """The verified bytes of entries of one pack, in as few range reads as their offsets allow."""
+        got: dict[str, bytes] = {}
+        ordered = sorted(entries, key=lambda e: e["offset"])
+        start = 0
+        while start < len(ordered):
+            end = start + 1
+            span_end = ordered[start]["offset"] + ordered[start]["size"]
+            while (end < len(ordered) and ordered[end]["offset"] - span_end <= _PACK_GAP
+                   and ordered[end]["offset"] + ordered[end]["size"] - ordered[start]["offset"] <= PACK_TARGET):
+                span_end = max(span_end, ordered[end]["offset"] + ordered[end]["size"])
+                end += 1
+            base = ordered[start]["offset"]
+            try:
+                data = self.backend.read_range(keys.pack(pack), base, span_end - base)
+            except KeyError:
+                data = b""
+            for entry in ordered[start:end]:
+                piece = data[entry["offset"] - base:entry["offset"] - base + entry["size"]]
+                if sha256_bytes(piece) != entry["sha256"]:
+                    piece = self._unpacked(pack, entry, bool(data), where)
+                got[entry["sha256"]] = piece
+            start = end
+        return got
 
     def _missing(self, sha: str, where: str | None) -> NotFound | CorruptBlob:
         """The error for a blob that is not there: CorruptBlob when a read quarantined it, else NotFound."""
@@ -307,6 +455,26 @@ class Store:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def pack_digest(self, pack: str) -> tuple[str, int] | None:
+        """(sha256 of a pack's stored bytes, size); None when it is missing."""
+        try:
+            data = self.backend.read(keys.pack(pack))
+        except KeyError:
+            return None
+        return sha256_bytes(data), len(data)
+
+    def packed_intact(self, entry: Mapping[str, Any]) -> bool:
+        """Whether a packed blob's own bytes in its pack still match its sha256 (fsck, for a damaged pack)."""
+        try:
+            piece = self.backend.read_range(keys.pack(entry["pack"]), entry["offset"], entry["size"])
+        except KeyError:
+            return False
+        return sha256_bytes(piece) == entry["sha256"]
+
+    def mark_missing(self, sha: str) -> None:
+        """Say a blob must be stored again: no manifest counts as proof of it any more (fsck --repair)."""
+        self._mark_missing(sha)
+
     def _mark_missing(self, sha: str) -> None:
         """Record a referenced blob found missing under the quarantine prefix (empty), so no head manifest counts as
         proof that it is stored; best effort, as it runs on the way to reporting an error."""
@@ -335,7 +503,8 @@ class Store:
         if repo and not complete:
             head = self.branch_head(repo)
             if head:
-                listed = {e["sha256"] for e in self.get_commit(repo, head).manifest.values()}
+                # A packed blob is no proof of a blob of its own: an entry made from this set names no pack.
+                listed = {e["sha256"] for e in self.get_commit(repo, head).manifest.values() if "pack" not in e}
                 known.update(listed - self.quarantined_blobs())
         return known, complete
 
@@ -403,11 +572,27 @@ class Store:
                 raise TrainyardError(f"manifest path {rel!r} escapes the destination directory")
             targets[rel] = target
         bar = _Bar(sum(e["size"] for e in manifest.values()), "downloading", progress_bars_enabled(quiet))
+        loose = [rel for rel, entry in manifest.items() if "pack" not in entry]
+        packed: dict[str, list[str]] = {}
+        for rel, entry in manifest.items():
+            if "pack" in entry:
+                packed.setdefault(entry["pack"], []).append(rel)
+
+        def unpack(pack: str) -> None:
+            rels = packed[pack]
+            got = self._read_packed(pack, [manifest[rel] for rel in rels], where=where)
+            for rel in rels:
+                target = targets[rel]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(got[manifest[rel]["sha256"]])
+                bar.update(manifest[rel]["size"])
+
         try:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 list(pool.map(lambda rel: self.fetch_blob(manifest[rel]["sha256"], targets[rel], bar.update,
                                                           where=f"{rel!r} of {where}" if where else repr(rel)),
-                              manifest))
+                              loose))
+                list(pool.map(unpack, packed))
         finally:
             bar.close()
 
@@ -486,16 +671,22 @@ class Store:
             raise ConflictError(f"repo {repo!r} moved to {str(head)[:12]} while this commit was being prepared")
         if head == commit_id:
             return self.get_commit(repo, commit_id), False
+        manifest = {path: _entry(entry) for path, entry in manifest.items()}
+        parent_nodes = self._tree_nodes.get(head, frozenset()) if head else frozenset()
+        written = trees.write_tree(self.backend.write, manifest, parent_nodes)
+        self._remember_tree(commit_id, written.nodes)
         record = {
-            "repo": repo, "id": commit_id, "parent": head if head != commit_id else None,
+            "format": 2, "repo": repo, "id": commit_id, "parent": head if head != commit_id else None,
             "author": author or os.environ.get("TRAINYARD_AUTHOR") or getpass.getuser(),
-            "time": time.time(), "message": message,
-            "manifest": {p: {"sha256": e["sha256"], "size": e["size"]} for p, e in sorted(manifest.items())},
+            "time": time.time(), "message": message, "tree": written.root, "files": len(manifest),
+            "bytes": sum(entry["size"] for entry in manifest.values()),
         }
-        # The commit object is published before the branch moves, so a reader never sees a dangling head.
+        # The tree and the commit object are published before the branch moves, so a reader never sees a dangling
+        # head.
         created = self.put_json(key, record, create_only=True)
         self._move_branch(repo, branch, commit_id, expect_head)
-        return self.get_commit(repo, commit_id), created
+        self.last_written = written
+        return self._commit_from(record, loaded=manifest), created
 
     def _move_branch(self, repo: str, branch: str, commit_id: str,
                      expect_head: str | None | object = ANY_HEAD) -> None:
@@ -505,7 +696,16 @@ class Store:
                 return None
             if expect_head is not ANY_HEAD and doc["head"] != expect_head:
                 raise ConflictError(f"repo {repo!r} moved to {str(doc['head'])[:12]} while committing; retry")
-            return {"head": commit_id, "log": [{"commit": commit_id, "time": time.time()}, *doc["log"]]}
+            log = [{"commit": commit_id, "time": time.time()}, *doc["log"]]
+            older = doc.get("older")
+            if len(log) > 2 * LOG_KEEP:
+                # The branch document stays small: the older entries go into a sealed, content-addressed segment
+                # that points at the one before it. Writing it again on a lost race is harmless.
+                segment = {"entries": log[LOG_KEEP:], "older": older}
+                older = sha256_bytes(canonical_json(segment))
+                self.put_json(keys.history(repo, branch, older), segment)
+                log = log[:LOG_KEEP]
+            return {"head": commit_id, "log": log, "older": older}
 
         self.update_json(keys.branch(repo, branch), move, what=f"branch {repo}:{branch}")
 
@@ -539,15 +739,47 @@ class Store:
             doc = json.loads(self.backend.read(keys.commit(repo, commit_id)))
         except KeyError:
             raise NotFound(f"commit {commit_id} not found in repo {repo!r}") from None
-        return Commit(repo=doc["repo"], id=doc["id"], manifest=doc["manifest"], parent=doc["parent"],
-                      author=doc["author"], time=doc["time"], message=doc["message"])
+        return self._commit_from(doc)
+
+    def _commit_from(self, doc: dict[str, Any], loaded: Manifest | None = None) -> Commit:
+        """A commit document of either format: with its manifest inline (format 1) or as a tree (format 2)."""
+        fields = {name: doc[name] for name in ("repo", "id", "parent", "author", "time", "message")}
+        if "tree" not in doc:
+            return Commit(**fields, loaded=doc["manifest"])
+        return Commit(**fields, tree=doc["tree"], files=doc.get("files"), bytes=doc.get("bytes"), loaded=loaded,
+                      loader=lambda: self._load_tree(doc["repo"], doc["id"], doc["tree"]))
+
+    def read_tree(self, root: str, *, where: str = "") -> Manifest:
+        """The manifest a tree holds; NotFound or CorruptBlob (7) when a node is missing or damaged (fsck)."""
+        return trees.read_tree(self.backend.read, root, concurrency=self.concurrency, where=where)[0]
+
+    def _load_tree(self, repo: str, commit_id: str, root: str) -> Manifest:
+        manifest, nodes = trees.read_tree(self.backend.read, root, concurrency=self.concurrency,
+                                          where=f"repo {repo!r} commit {commit_id[:SHORT_ID_LEN]}")
+        self._remember_tree(commit_id, nodes)
+        return manifest
+
+    def _remember_tree(self, commit_id: str, nodes: set[str]) -> None:
+        # The node ids of the last few trees read or written: the next commit on top writes only what is new.
+        self._tree_nodes[commit_id] = nodes
+        while len(self._tree_nodes) > 4:
+            self._tree_nodes.pop(next(iter(self._tree_nodes)))
 
     def log(self, repo: str, branch: str = "latest") -> list[Commit]:
         """Commits the branch has pointed at, newest first; concurrent commits all appear."""
         got = self.backend.read_versioned(keys.branch(repo, branch))
         if not got:
             raise NotFound(f"repo {repo!r} has no commits; deploy or put data into it first")
-        return [self.get_commit(repo, entry["commit"]) for entry in json.loads(got[0])["log"]]
+        return [self.get_commit(repo, entry["commit"]) for entry in self.branch_log(repo, branch, json.loads(got[0]))]
+
+    def branch_log(self, repo: str, branch: str, doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The log entries of a branch document, newest first, following its sealed segments."""
+        yield from doc["log"]
+        older = doc.get("older")
+        while older:
+            segment = self.get_json(keys.history(repo, branch, older))
+            yield from segment["entries"]
+            older = segment.get("older")
 
     def resolve(self, repo: str, ref: str = "latest") -> Commit:
         """Resolve 'latest', a branch name, a full id or a unique short id (5+ hex) to a commit."""
@@ -571,6 +803,14 @@ class Store:
                 " — give more characters"
             )
         return self.get_commit(repo, matches[0])
+
+
+def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a manifest entry a commit keeps: sha256 and size, and where a packed blob lies."""
+    kept = {"sha256": entry["sha256"], "size": entry["size"]}
+    if "pack" in entry:
+        kept.update(pack=entry["pack"], offset=entry["offset"])
+    return kept
 
 
 def _where(where: str | None) -> str:
