@@ -11,14 +11,10 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from operators.hooks import StoreHook
-from trainyard import config, contract, registry, runs
-from trainyard.bundles import static_params
+from trainyard import config, runs
 from trainyard.errors import TrainyardError
-from trainyard.grids import combination_label, expand_grid
-from trainyard.k8s import built_image
 from trainyard.options import RunOptions
-from trainyard.resources import Resources
-from trainyard.store.versioned import Commit, Store
+from trainyard.plan import plan_run
 
 # The run options the step reads from its run's Params (trainyard.options.RunOptions defines them).
 OPTIONS = RunOptions.names()
@@ -36,12 +32,6 @@ def conf_json(names: Sequence[str] = OPTIONS, declared: Sequence[str] = ()) -> s
     items = [f"'{n}': params.{n}" for n in names]
     items.append("'declared': {" + ", ".join(f"'{n}': params.{n}" for n in declared) + "}")
     return "{{ {" + ", ".join(items) + "} | tojson }}"
-
-
-def base_params(store: Store, source: Commit) -> dict:
-    """The source bundle's static params.json files, merged the way the train step merges them."""
-    return static_params(lambda name: store.get_blob_bytes(source.manifest[name]["sha256"])
-                         if name in source.manifest else None)
 
 
 class ResolveInputsOperator(BaseOperator):
@@ -92,85 +82,37 @@ class ResolveInputsOperator(BaseOperator):
         except TrainyardError as exc:
             raise PlanError(str(exc)) from None
 
-    def _sane(self, kept: dict, settings: config.Settings, pipeline: str, repo: str) -> dict:
-        """The remembered options that pass today's checks. One stored before the bounds existed (a 20-digit
-        timeout, say) is ignored with a warning instead of failing, or crashing, every later run."""
-        sane = {}
-        for name, value in kept.items():
-            try:
-                RunOptions.parse({name: value}, settings, spell=lambda n: f"remembered {n}")
-            except TrainyardError as exc:
-                flag = RunOptions.flag(name).long if name in RunOptions.remembered() else name
-                self.log.warning("warning: ignoring a remembered option of %s for %s: %s; deploy once with %s to "
-                                 "replace it", pipeline, repo, exc, flag)
-                continue
-            sane[name] = value
-        return sane
-
     def execute(self, context) -> dict:
         started = time.time()
         settings = self.hook.settings  # the settings the store was opened with, read once
         options, declared = self._options(settings)
         store = self.hook.get_conn()
         pipeline, run_id = context["dag"].dag_id, context["run_id"]
-        grid = dict(options.hyperparams)
-        for name, value in declared.items():
-            if value is not None and name not in grid:
-                grid[name] = [value]
-        no_cache = options.no_cache or str(self.cache).strip().lower() in ("false", "0", "no")
         try:
-            combos = expand_grid(grid, cap=settings.combination_cap)
-            source = store.resolve(self.source, self.source_ref)
-            data = store.resolve(self.data, self.data_ref)
-            given = options.given()
-            # Only what this run does not give anew is read from memory (and checked: it may predate the bounds).
-            kept = self._sane({k: v for k, v in runs.remembered_settings(store, pipeline, source.repo).items()
-                               if given.get(k) is None}, settings, pipeline, source.repo)
-            chosen = {k: given[k] if given[k] is not None else kept.get(k) for k in given}
-            resources = Resources.parse(chosen["cpu"] or self.default_resources.get("cpu") or settings.default_cpu,
-                                        chosen["memory"] or self.default_resources.get("memory")
-                                        or settings.default_memory, chosen["gpu"] or 0,
-                                        max_cpu=settings.max_cpu, max_memory=settings.max_memory,
-                                        max_gpu=settings.max_gpu)
-            timeout = int(chosen["timeout"]) if chosen["timeout"] else None
+            # The same planner `trainyard deploy` runs before it decides whether Airflow needs to start at all.
+            planned = plan_run(store, settings, pipeline=pipeline, run_id=run_id, source=self.source,
+                               source_ref=self.source_ref, data=self.data, data_ref=self.data_ref, options=options,
+                               declared=declared, default_resources=self.default_resources, cache=self.cache,
+                               started=started, warn=lambda line: self.log.warning("%s", line))
         except TrainyardError as exc:
             raise PlanError(str(exc)) from None
+        plan, source, data = planned.plan, planned.source, planned.data
         self.log.info("source %s (%s) data %s (%s)", source.ref, source.message, data.ref, data.message)
-        if any(v is not None for v in given.values()):
-            runs.remember_settings(store, pipeline, source.repo, given)
+        planned.remember(store)
         self.log.info("resources cpu=%s memory=%s gpu=%s timeout=%s (given now: %s; remembered: %s)",
-                      resources.cpu, resources.memory, resources.gpu, timeout,
-                      {k: v for k, v in given.items() if v is not None}, kept)
-
-        params = base_params(store, source)
-        planned, to_train, seen = [], [], set()
-        for index, hyper in enumerate(combos):
-            merged = {**params, **hyper}
-            mid = contract.model_id(source.id, data.id, merged)
-            label = combination_label(hyper)
-            cached = not no_cache and registry.has_model(store, mid)
-            planned.append({"index": index, "label": label, "hyper": hyper, "params": merged, "model_id": mid,
-                            "cached": cached})
-            if cached:
-                self.log.info("cache hit: model %s (%s) is already trained; not training it again", mid, label)
-            elif mid not in seen:
-                to_train.append({"label": label, "hyper": hyper, "model_id": mid})
-            seen.add(mid)
-        self.log.info("%s combination(s): %s to train, %s cached", len(planned), len(to_train),
-                      len(planned) - len(to_train))
-        plan = {
-            "pipeline": pipeline, "run_id": run_id, "start_time": started,
-            "source": f"{source.repo}:{source.id}", "data": f"{data.repo}:{data.id}", "name": source.repo,
-            "image": built_image(settings.registry, source.repo, source.id, settings.step_image),
-            "resources": {"cpu": resources.cpu, "memory": resources.memory, "gpu": resources.gpu},
-            "timeout": timeout, "metric": chosen["metric"], "grid": grid,
-            "no_cache": no_cache, "major": options.major, "save_training_data": options.save_training_data,
-            "runner": settings.runner, "combinations": planned,
-        }
+                      plan.resources.cpu, plan.resources.memory, plan.resources.gpu, plan.timeout,
+                      {k: v for k, v in planned.given.items() if v is not None}, planned.kept)
+        for combo in plan.combinations:
+            if combo.cached:
+                self.log.info("cache hit: model %s (%s) is already trained; not training it again", combo.model_id,
+                              combo.label)
+        self.log.info("%s combination(s): %s to train, %s cached", len(plan.combinations), len(planned.to_train),
+                      planned.cached)
         runs.save_plan(store, plan)
-        summary = {k: plan[k] for k in ("source", "data", "name", "image", "resources", "timeout", "metric")}
+        summary = plan.model_dump(mode="json", include={"source", "data", "name", "image", "resources", "timeout",
+                                                        "metric"})
         context["ti"].xcom_push(key="plan", value=summary | {
-            "source_short": source.ref, "data_short": data.ref, "to_train": len(to_train),
-            "cached": len(planned) - len(to_train)})
+            "source_short": source.ref, "data_short": data.ref, "to_train": len(planned.to_train),
+            "cached": planned.cached})
         # The return value is what the train step maps over (Airflow maps only over return values).
-        return to_train
+        return planned.to_train
