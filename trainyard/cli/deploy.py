@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from trainyard import remote, runs
+from trainyard import remote, runs, userconfig
 from trainyard.bundles import DataBundle, SourceBundle, deploy_bundle
 from trainyard.cli.context import Session, embedded_airflow_env, json_object_arg
 from trainyard.cli.data import ingest_manifest, load_manifest, manifest_repo
@@ -18,10 +18,12 @@ from trainyard.cli.output import emit, print_table, say, stdout_to_stderr
 from trainyard.display import format_metric
 from trainyard.errors import ConfigError
 from trainyard.options import MAX_PARALLELISM, RunInputs, RunOptions
+from trainyard.plan import plan_run
 from trainyard.records import RunModel, RunRecord
 from trainyard.store.versioned import Store
 
 app = App()
+PIPELINE = "train_pipeline"
 
 
 def _flag_parameter(name: str) -> inspect.Parameter:
@@ -113,7 +115,7 @@ def deploy(
     entries = load_manifest(manifest, settings) if manifest else None
     server = session.server(local=local)
     if server is not None:  # a wrong password or a server that is down must fail before anything is uploaded
-        server.check_dag("train_pipeline")
+        server.check_dag(PIPELINE)
     store = session.store
     quiet = session.json
     source_commit, _, source_report = deploy_bundle(store, source_bundle, message=message, quiet=quiet)
@@ -149,20 +151,55 @@ def deploy(
         if run is None:
             return 0
     else:
-        embedded_airflow_env()
-        from operators.inprocess import run_pipeline  # Airflow is imported only when a run is asked for
+        # A cache hit costs no pipeline: when every combination's model exists the run is recorded here, and
+        # Airflow (seconds of start-up) is not started at all.
+        run = _cached_run(store, settings, inputs, options)
+        if run is None:
+            embedded_airflow_env()
+            from operators.inprocess import run_pipeline  # Airflow is imported only when a run is asked for
 
-        parse_settings = {"parallelism": parallelism, "allow_cpu_fallback": "true" if allow_cpu_fallback else None}
-        with stdout_to_stderr(enabled=session.json):
-            run = run_pipeline("train_pipeline", conf, quiet=quiet, store_uri=settings.store,
-                               parse_settings=parse_settings)
+            parse_settings = {"parallelism": parallelism,
+                              "allow_cpu_fallback": "true" if allow_cpu_fallback else None}
+            with stdout_to_stderr(enabled=session.json):
+                run = run_pipeline(PIPELINE, conf, quiet=quiet, store_uri=settings.store,
+                                   parse_settings=parse_settings)
     return _report_run(run, result, session.json)
+
+
+def _store_env(uri: str) -> dict[str, str]:
+    """The S3 credentials and endpoint `trainyard init` saved, as the variables a step reads (env ones pass as is)."""
+    if not uri.startswith("s3://"):
+        return {}
+    names = {"aws_access_key_id": "AWS_ACCESS_KEY_ID", "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+             "endpoint_url": "AWS_ENDPOINT_URL"}
+    return {names[k]: v for k, v in userconfig.store_client_kwargs().items() if k in names and v}
+
+
+def _cached_run(store: Store, settings, inputs: RunInputs, options: RunOptions) -> dict | None:
+    """Plan the run as train_pipeline's resolve step would (trainyard.plan, the same function); when every
+    combination's model is already in the store, record the run (plan, register step, `_results.json`) without
+    starting Airflow and return it like an in-process run. None: something must train (or --no-cache)."""
+    if options.no_cache:
+        return None
+    warnings: list[str] = []  # said only when this is the run: otherwise the resolve step says them in its log
+    planned = plan_run(store, settings, pipeline=PIPELINE, run_id=runs.cached_run_id(), source=inputs.source,
+                       source_ref=inputs.source_ref, data=inputs.data, data_ref=inputs.data_ref, options=options,
+                       warn=warnings.append)
+    if not planned.all_cached:
+        return None
+    for line in warnings:
+        say(line)
+    planned.remember(store)
+    results = runs.record_cached_run(store, planned.plan, store_env=_store_env(store.uri))
+    say(f"every model is already trained ({planned.cached} cache hit(s)): recorded run {planned.plan.run_id} "
+        "without starting a pipeline")
+    return {"run_id": planned.plan.run_id, "state": None, "results": results}  # no Airflow run: no Airflow state
 
 
 def _deploy_to_server(client, conf: dict, store: Store, wait: bool, as_json: bool, result: dict) -> dict | None:
     """Trigger train_pipeline on the server; with --wait follow it and return it like an in-process run."""
-    run_id = remote.trigger(client, "train_pipeline", conf, say=say)
-    result.update({"run_id": run_id, "endpoint": client.endpoint, "url": client.run_url("train_pipeline", run_id)})
+    run_id = remote.trigger(client, PIPELINE, conf, say=say)
+    result.update({"run_id": run_id, "endpoint": client.endpoint, "url": client.run_url(PIPELINE, run_id)})
     if not wait:
         result["airflow_state"] = "queued"
         emit(result, as_json, f"triggered train_pipeline run {run_id}\n  {result['url']}\n"
@@ -170,8 +207,8 @@ def _deploy_to_server(client, conf: dict, store: Store, wait: bool, as_json: boo
                               f"stop it: trainyard kill --run-id {run_id}")
         return None
     say(f"triggered train_pipeline run {run_id} ({result['url']}); waiting for it to end")
-    state = remote.wait(client, "train_pipeline", run_id, say=say)
-    return {"run_id": run_id, "state": state, "results": runs.read_results(store, "train_pipeline", run_id)}
+    state = remote.wait(client, PIPELINE, run_id, say=say)
+    return {"run_id": run_id, "state": state, "results": runs.read_results(store, PIPELINE, run_id)}
 
 
 def _report_run(run: dict, result: dict, as_json: bool) -> int:
