@@ -39,8 +39,10 @@ class Backend(abc.ABC):
         """Write atomically; with if_absent or if_version the write is conditional (PreconditionFailed)."""
 
     @abc.abstractmethod
-    def upload_file(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
-        """Copy a local file to the key, atomically, reporting bytes sent."""
+    def upload_file(self, key: str, path: Path, progress: ProgressCallback | None = None, *,
+                    move: bool = False) -> None:
+        """Copy a local file to the key, atomically, reporting bytes sent; with move the file is the caller's to
+        give up, and a backend that can (a file:// store on the same filesystem) renames it instead."""
 
     @abc.abstractmethod
     def download_file(self, key: str, dest: Path, progress: ProgressCallback | None = None) -> None:

@@ -128,8 +128,25 @@ class LocalBackend(Backend):
                 raise PreconditionFailed(key)
             self._atomic_write(path, data)
 
-    def upload_file(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
+    def upload_file(self, key: str, path: Path, progress: ProgressCallback | None = None, *,
+                    move: bool = False) -> None:
         dest = self._path(key)
+        if move:
+            # The caller's own verified temp file: renamed into place, not copied (an ingest's downloads).
+            size = path.stat().st_size
+            with translating(self.uri):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(path, dest)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    with translating(self.uri):
+                        raise
+            else:
+                if progress:
+                    progress(size)
+                return
+            # another filesystem: copied as below
         src = open(path, "rb")  # outside translating: an unreadable source is the user's file, not the store
         with src:
             with translating(self.uri):

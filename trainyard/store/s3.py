@@ -139,7 +139,8 @@ class S3Backend(Backend):
                     raise PreconditionFailed(key) from None
                 raise
 
-    def upload_file(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
+    def upload_file(self, key: str, path: Path, progress: ProgressCallback | None = None, *,
+                    move: bool = False) -> None:
         with self._translating():
             self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer_config,
                                     Callback=progress)
