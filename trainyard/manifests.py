@@ -202,15 +202,19 @@ def _retry_after(headers) -> float | None:
         return None
 
 
-def _fetch_http(entry: ManifestEntry, sink: _Sink, policy: UrlPolicy, timeout: float) -> None:
+def _fetch_http(entry: ManifestEntry, sink: _Sink, policy: UrlPolicy, timeout: float,
+                opener: urllib.request.OpenerDirector | None = None) -> None:
     request = urllib.request.Request(entry.url, headers={"User-Agent": "trainyard", "Accept-Encoding": "identity"})
     try:
-        with policy.opener().open(request, timeout=timeout) as response:
+        with (opener or policy.opener()).open(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             length = int(length) if length and length.isdigit() else None
             sink.expect(length)
-            while chunk := response.read(_CHUNK):
-                sink.write(chunk)
+            # One buffer per download, filled in place: read(n) would allocate (and page-fault) a new 1 MiB bytes
+            # object per chunk.
+            buffer = memoryview(bytearray(_CHUNK))
+            while n := response.readinto(buffer):
+                sink.write(buffer[:n])
             # http.client returns b"" rather than raising when the connection closes early.
             if length is not None and sink.written != length:
                 raise _Transient(f"the connection closed after {sink.written:,} of {length:,} bytes")
@@ -278,30 +282,43 @@ def _fetch_file(entry: ManifestEntry, sink: _Sink) -> None:
 
 
 def _download(entry: ManifestEntry, dest: Path, policy: UrlPolicy, *, timeout: float, s3_client,
-              progress: Callable[[int], Any] | None) -> tuple[int, str]:
-    """One attempt: download entry to dest through a temp file, verified; returns (bytes written, sha256). Raises
-    _Transient for what another attempt may fix; nothing of a failed attempt is left behind."""
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+              progress: Callable[[int], Any] | None, atomic: bool = True,
+              opener: urllib.request.OpenerDirector | None = None,
+              resolved: dict[str, tuple[str, ...]] | None = None) -> tuple[int, str]:
+    """One attempt: download entry to dest, verified; returns (bytes written, sha256). Raises _Transient for what
+    another attempt may fix; nothing of a failed attempt is left behind.
+
+    atomic writes through a temp file renamed onto dest, so dest is never a part; without it dest itself is written
+    (ingest's own private temp dir, where nothing else looks at a part). opener and resolved are shared by the
+    downloads of one ingest: one urllib opener, and one DNS lookup per host for the re-check below.
+    """
+    if atomic:
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        tmp = Path(tmp_name)
+    else:
+        tmp = dest
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     sink = None
     try:
         with os.fdopen(fd, "wb") as out:
             sink = _Sink(out, entry, progress)
-            # Re-checked here, not only when parsing: DNS answers can change in between.
+            # Re-checked here, not only when parsing: DNS answers can change in between. (Every connection's peer
+            # address is checked again as it connects, see urlpolicy._checked_connect.)
             try:
-                scheme = policy.check(entry.url).scheme.lower()
+                scheme = policy.check(entry.url, resolved=resolved).scheme.lower()
             except HostLookupError as exc:
                 raise _Transient(str(exc)) from None
             except UrlPolicyError as exc:
                 raise _Permanent(str(exc)) from None
             if scheme in ("http", "https"):
-                _fetch_http(entry, sink, policy, timeout)
+                _fetch_http(entry, sink, policy, timeout, opener)
             elif scheme == "s3":
                 _fetch_s3(entry, sink, s3_client if s3_client is not None else _s3_client())
             else:
                 _fetch_file(entry, sink)
             sink.verify()
-        os.replace(tmp, dest)
+        if atomic:
+            os.replace(tmp, dest)
         return sink.written, sink.digest.hexdigest()
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
@@ -322,18 +339,20 @@ def _backoff(base: float) -> Callable[[tenacity.RetryCallState], float]:
 
 
 def _fetch(entry: ManifestEntry, dest: Path, policy: UrlPolicy, *, attempts: int, backoff: float, timeout: float,
-           s3_client, progress: Callable[[int], Any] | None) -> tuple[int, int, str]:
+           s3_client, progress: Callable[[int], Any] | None, atomic: bool = True,
+           opener: urllib.request.OpenerDirector | None = None,
+           resolved: dict[str, tuple[str, ...]] | None = None) -> tuple[int, int, str]:
     """Download one entry to dest, retrying transient failures; returns (bytes written, retries, sha256). Raises
-    ManifestError naming the line once attempts are spent, or at once for a failure another attempt cannot fix."""
+    ManifestError naming the line once attempts are spent, or at once for a failure another attempt cannot fix.
+    atomic, opener and resolved: see _download."""
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     shown = redact(entry.url)
     retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(attempts), wait=_backoff(backoff),
                                  retry=tenacity.retry_if_exception_type(_Transient), reraise=True)
     try:
         written, sha = retrying(_download, entry, dest, policy, timeout=timeout, s3_client=s3_client,
-                                progress=progress)
+                                progress=progress, atomic=atomic, opener=opener, resolved=resolved)
     except (UrlPolicyError, _Permanent) as exc:
         # UrlPolicyError comes from inside urllib too: a redirect or the connected address broke the policy.
         raise ManifestError(f"line {entry.line} ({shown}): {exc}") from None
@@ -349,8 +368,10 @@ def fetch(entry: ManifestEntry, dest: Path, policy: UrlPolicy, *, attempts: int 
     Connection errors, timeouts, HTTP 5xx/429 and size or checksum mismatches are retried with exponential backoff;
     other 4xx answers and policy refusals fail at once. Raises ManifestError naming the line.
     """
-    return _fetch(entry, Path(dest), policy, attempts=attempts, backoff=backoff, timeout=timeout,
-                  s3_client=s3_client, progress=progress)[0]
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return _fetch(entry, dest, policy, attempts=attempts, backoff=backoff, timeout=timeout, s3_client=s3_client,
+                  progress=progress)[0]
 
 
 # -- ingesting ----------------------------------------------------------------------------------------------------
@@ -393,14 +414,19 @@ def ingest(entries: Iterable[ManifestEntry], store: Store, repo: str, policy: Ur
     hashes: dict[str, str] = {}
     totals = {"bytes": 0, "retries": 0}
 
+    # Shared by every download of this ingest: one opener, and one DNS lookup per host for the re-check before each
+    # download (parse_manifest's lookups are older; every connection's peer address is still checked as it opens).
+    opener, resolved = policy.opener(), {}
     with tempfile.TemporaryDirectory(prefix="trainyard-ingest-") as tmp:
         def one(item: tuple[int, ManifestEntry]) -> None:
             index, entry = item
             # Local names are indexes, never manifest paths, so nothing from the manifest shapes local file names.
+            # The dir is this ingest's own (mode 0700): files are written in place, with no temp name and rename.
             local = Path(tmp) / f"{index:07d}"
             try:
                 written, retries, sha = _fetch(entry, local, policy, attempts=attempts, backoff=backoff,
-                                               timeout=timeout, s3_client=s3_client, progress=bar.update)
+                                               timeout=timeout, s3_client=s3_client, progress=bar.update,
+                                               atomic=False, opener=opener, resolved=resolved)
             except ManifestError as exc:
                 with lock:
                     failures.append((entry, str(exc)))
@@ -420,7 +446,7 @@ def ingest(entries: Iterable[ManifestEntry], store: Store, repo: str, policy: Ur
             failures.sort(key=lambda f: f[0].line)
             raise ManifestError(_failure_message(source, failures, len(entries)), failures)
         # The downloads were hashed as they streamed; hashing them again for the upload would double the work.
-        report = store.upload_files(done, quiet=quiet, desc=repo, repo=repo, known_hashes=hashes)
+        report = store.upload_files(done, quiet=quiet, desc=repo, repo=repo, known_hashes=hashes, move=True)
         commit, created = store.commit(repo, report.manifest,
                                        message=message or f"ingest {len(entries)} files from a data manifest")
     stats = {"files": len(entries), "bytes": totals["bytes"], "retries": totals["retries"],

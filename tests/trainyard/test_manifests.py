@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import socket
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -163,7 +165,7 @@ def test_a_url_that_fails_twice_with_503_is_retried_and_ingested(server, store):
     commit, stats = ingest(parse_manifest(text, policy=LOCAL), store, "rawdata", LOCAL, backoff=0.01)
     assert server.state["hits"]["/flaky.csv"] == 3 and server.state["hits"]["/steady.csv"] == 1
     assert stats["retries"] == 2
-    assert store.get_blob_bytes(commit.manifest["data/flaky.csv"]["sha256"]) == flaky
+    assert store.read_entry(commit.manifest["data/flaky.csv"]) == flaky
 
 
 def test_retries_back_off_exponentially_and_honour_retry_after(server, tmp_path):
@@ -240,6 +242,53 @@ def test_a_redirect_to_the_metadata_endpoint_fails_that_line_at_once(server, sto
     assert server.state["hits"]["/go"] == 1
 
 
+def test_a_host_that_turns_to_loopback_after_its_lookups_is_refused_on_every_line(server, store, monkeypatch):
+    # The downloads of one ingest share one DNS lookup per host; the address each connection really reaches is
+    # still checked. Here data.test answers with a public address twice (the parse, then ingest's re-check), and
+    # with 127.0.0.1 (where the test server listens) from then on, as a rebinding DNS server would.
+    real, answers = socket.getaddrinfo, iter(["93.184.216.34", "93.184.216.34"])
+
+    def lookup(host, port, *args, **kwargs):
+        if host != "data.test":
+            return real(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (next(answers, "127.0.0.1"), port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    base = server.base.replace("127.0.0.1", "data.test")
+    text = "\n".join(line(f"{base}/f{i}.bin", f"f{i}.bin") for i in range(4))
+    for i in range(4):
+        serve(server, f"f{i}.bin", b"data\n")
+    entries = parse_manifest(text, source="data.mf", policy=UrlPolicy())
+
+    with pytest.raises(ManifestError) as info:
+        ingest(entries, store, "rawdata", UrlPolicy(), source="data.mf")
+
+    assert str(info.value).startswith("data.mf: 4 of 4 entries failed, so nothing was committed")
+    assert [e.line for e, _ in info.value.failures] == [1, 2, 3, 4]
+    assert all("host 'data.test' resolves to 127.0.0.1, a loopback address" in why for _, why in info.value.failures)
+    assert sum(server.state["hits"].values()) == 0  # no request was sent
+    assert store.branch_head("rawdata") is None
+
+
+def test_an_ingest_leaves_no_download_behind(server, store, tmp_path, monkeypatch):
+    # Downloads are written in place in the ingest's own temp dir (no temp name and rename per file): a failed
+    # attempt and the whole dir are still removed, after a commit and after a failure alike.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    data = b"kept\n" * 1000
+    server.state["scripts"]["/flaky.bin"] = ["lie"]
+    good = "\n".join([line(serve(server, "a.bin", data), "a.bin", data),
+                      line(serve(server, "flaky.bin", data), "flaky.bin", data)])
+    commit, stats = ingest(parse_manifest(good, policy=LOCAL), store, "rawdata", LOCAL, backoff=0.01)
+    assert store.read_entry(commit.manifest["flaky.bin"]) == data and stats["retries"] == 1
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+    bad = good + "\n" + line(f"{server.base}/missing.bin", "missing.bin")
+    with pytest.raises(ManifestError, match="line 3 .*HTTP 404"):
+        ingest(parse_manifest(bad, policy=LOCAL), store, "rawdata", LOCAL, backoff=0.01)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 # -- fetch ----------------------------------------------------------------------------------------------------------
 def test_fetch_streams_to_dest_and_reports_progress(server, tmp_path):
     data = random.Random(1).randbytes(2 * (1 << 20) + 5)
@@ -297,7 +346,7 @@ def test_s3_entries_are_read_with_the_s3_client(s3_bucket, store):
 
     entries = parse_manifest(text.splitlines()[0], policy=UrlPolicy())
     commit, stats = ingest(entries, store, "s3data", UrlPolicy(), s3_client=boto3.client("s3"))
-    assert store.get_blob_bytes(commit.manifest["train.csv"]["sha256"]) == data and stats["bytes"] == len(data)
+    assert store.read_entry(commit.manifest["train.csv"]) == data and stats["bytes"] == len(data)
 
 
 def test_file_urls_are_read_only_when_allowed(tmp_path, store):
@@ -308,7 +357,7 @@ def test_file_urls_are_read_only_when_allowed(tmp_path, store):
         parse_manifest(text, source="data.mf", policy=UrlPolicy())
     policy = UrlPolicy(allow_file=True)
     commit, _ = ingest(parse_manifest(text, policy=policy), store, "localdata", policy)
-    assert store.get_blob_bytes(commit.manifest["local.csv"]["sha256"]) == b"a,b\n1,2\n"
+    assert store.read_entry(commit.manifest["local.csv"]) == b"a,b\n1,2\n"
 
 
 # -- validation -----------------------------------------------------------------------------------------------------
