@@ -509,11 +509,13 @@ class Store:
         return known, complete
 
     def upload_files(self, files: Mapping[str, Path], *, quiet: bool = True, desc: str = "",
-                     repo: str | None = None, known_hashes: Mapping[str, str] | None = None) -> UploadReport:
+                     repo: str | None = None, known_hashes: Mapping[str, str] | None = None,
+                     move: bool = False) -> UploadReport:
         """Hash and upload files (relative path -> local path); blobs already stored send no bytes.
 
         Pass the target repo so its head manifest counts as proof that unchanged files are stored, and
-        known_hashes for files this process already hashed while writing them (a verified download).
+        known_hashes for files this process already hashed while writing them (a verified download). With move the
+        files are the caller's temp files: a file:// store renames them into place instead of copying.
         """
         known_hashes = known_hashes or {}
         total = sum(p.stat().st_size for p in files.values())
@@ -538,7 +540,7 @@ class Store:
                 first = sha not in claimed
                 claimed.add(sha)
             if first and not (sha in known or (not complete and self.has_blob(sha))):
-                self.backend.upload_file(self.blob_key(sha), path, uploading.update)
+                self.backend.upload_file(self.blob_key(sha), path, uploading.update, move=move)
                 with lock:
                     report.blobs_uploaded += 1
                     report.bytes_uploaded += size
@@ -671,7 +673,10 @@ class Store:
             raise ConflictError(f"repo {repo!r} moved to {str(head)[:12]} while this commit was being prepared")
         if head == commit_id:
             return self.get_commit(repo, commit_id), False
-        manifest = {path: _entry(entry) for path, entry in manifest.items()}
+        if all(entry.keys() <= _ENTRY_FIELDS for entry in manifest.values()):
+            manifest = dict(manifest)  # the common case (a put's entries): a copy, not a million new entries
+        else:
+            manifest = {path: _entry(entry) for path, entry in manifest.items()}
         parent_nodes = self._tree_nodes.get(head, frozenset()) if head else frozenset()
         written = trees.write_tree(self.backend.write, manifest, parent_nodes)
         self._remember_tree(commit_id, written.nodes)
@@ -803,6 +808,9 @@ class Store:
                 " — give more characters"
             )
         return self.get_commit(repo, matches[0])
+
+
+_ENTRY_FIELDS = frozenset(("sha256", "size", "pack", "offset"))
 
 
 def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ def test_blobs_are_content_addressed_and_existing_blobs_send_no_bytes(store, tmp
     first = store.upload_files(files)
     assert first.manifest["a.txt"] == {"sha256": hashlib.sha256(b"alpha" * 1000).hexdigest(), "size": 5000}
     assert first.blobs_uploaded == 2 and first.bytes_uploaded == 15000
-    assert store.get_blob_bytes(first.manifest["a.txt"]["sha256"]) == b"alpha" * 1000
+    assert store.read_entry(first.manifest["a.txt"]) == b"alpha" * 1000
 
     puts = count_s3_puts(store)
     again = store.upload_files(files)
@@ -200,3 +200,34 @@ def test_quarantine_leaves_a_sound_blob_alone(store):
     assert store.quarantine_blob(sha) == "intact"
     assert store.get_blob_bytes(sha) == b"sound bytes"
     assert not store.exists(keys.quarantine(sha))
+
+
+def test_packed_datums_trees_and_segmented_logs_work_on_every_backend(store, tmp_path):
+    from trainyard.datums import put_file
+    from trainyard.store import open_store
+    from trainyard.store.versioned import LOG_KEEP
+
+    src = tmp_path / "captions.tsv"
+    src.write_bytes(b"".join(b"line %d\n" % i for i in range(3000)))
+    first, datums = put_file(store, "captions", src, split="line", target_file_datums=3)
+    assert datums == 1000 and {e["pack"] for e in first.manifest.values()} == {first.manifest[next(iter(
+        first.manifest))]["pack"]}
+    dest = tmp_path / "out"
+    store.materialize(first.manifest, dest)
+    assert (dest / "captions.tsv" / f"{999:016d}").read_bytes() == b"line 2997\nline 2998\nline 2999\n"
+    assert store.read_entry(first.manifest[f"captions.tsv/{5:016d}"]) == b"line 15\nline 16\nline 17\n"
+    for i in range(2 * LOG_KEEP + 1):
+        store.commit("captions", {**first.manifest, "extra": {"sha256": store.put_blob_bytes(b"%d" % i),
+                                                              "size": len(b"%d" % i)}})
+    reopened = open_store(store.uri) if store.uri.startswith("file") else store
+    assert len(reopened.log("captions")) == 2 * LOG_KEEP + 2
+    assert reopened.resolve("captions", first.short).manifest == first.manifest
+
+
+def test_an_upload_that_may_move_its_files_renames_them_into_a_file_store(store, tmp_path):
+    files = write_files(tmp_path / "downloads", {"a.bin": b"alpha" * 1000, "b.bin": b"beta"})
+    report = store.upload_files(files, move=True)
+    assert store.read_entry(report.manifest["a.bin"]) == b"alpha" * 1000
+    assert store.read_entry(report.manifest["b.bin"]) == b"beta"
+    # file:// renames the caller's temp files into the store (no second copy); S3 uploads and leaves them
+    assert files["a.bin"].exists() is store.uri.startswith("s3://")
