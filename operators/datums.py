@@ -18,12 +18,13 @@ from trainyard.datums import (
     DatumInput,
     check_combine,
     chunk,
-    datum_key,
-    has_record,
+    datum_keys,
+    datum_records,
     transform_version,
     work_units,
 )
 from trainyard.k8s import built_image
+from trainyard.store.versioned import Store
 
 
 class DatumStepDeclarationError(ValueError):
@@ -92,8 +93,12 @@ class PlanDatumsOperator(BaseOperator):
         units = work_units(datum_inputs, self.combine)
         version = transform_version(self.transform, code.manifest if code else None, self.code_paths)
         pipeline = context["dag"].dag_id
-        pending = [name for name, unit in sorted(units.items())
-                   if not has_record(store, pipeline, self.step, datum_key(unit["id"], version, self.step_params))]
+        # What was processed, in a few reads (an index and the batch key lists it does not cover), not one per datum.
+        done = datum_records(store, pipeline, self.step).keys()
+        names = sorted(units)
+        keyed = datum_keys((units[name]["id"] for name in names), version, self.step_params)
+        pending = [name for name, key in zip(names, keyed) if key not in done]
+        del done, keyed
         settings = self.hook.settings  # the settings the store was opened with, read once
         chunks = chunk(pending, self.max_tasks or settings.max_datum_tasks) if pending else []
         self.log.info("%s: %s datum(s) from %s (%s); %s to process in %s task(s), %s already processed",
@@ -107,7 +112,26 @@ class PlanDatumsOperator(BaseOperator):
             "image": image,
             "datums": len(units), "pending": len(pending),
             "skipped": len(units) - len(pending), "tasks": len(chunks)})
-        return [{"datums": c, "label": c[0] if len(c) == 1 else f"{c[0]} .. {c[-1]} ({len(c)})"} for c in chunks]
+        return chunk_refs(store, pending, chunks,
+                          [c[0] if len(c) == 1 else f"{c[0]} .. {c[-1]} ({len(c)})" for c in chunks])
+
+
+# A chunk's datum list above this many bytes is not put in the XCom and argv (one argv string may hold 128 KiB):
+# the plan stores the pending list once, as a blob, and each chunk names its slice of it.
+INLINE_CHUNK_BYTES = 16 * 1024
+
+
+def chunk_refs(store: Store, pending: list[str], chunks: list[list[str]], labels: list[str]) -> list[dict]:
+    """What each mapped task gets: {"datums": [...]} for a small chunk, else {"pending": sha, "start", "stop"};
+    both with the task's label."""
+    if all(len(json.dumps(c)) <= INLINE_CHUNK_BYTES for c in chunks):
+        return [{"datums": c, "label": label} for c, label in zip(chunks, labels)]
+    sha = store.put_blob_bytes(json.dumps(pending).encode())
+    refs, start = [], 0
+    for c, label in zip(chunks, labels):
+        refs.append({"pending": sha, "start": start, "stop": start + len(c), "label": label})
+        start += len(c)
+    return refs
 
 
 def _step_argv(plan_task: str, step: str, combine: str, transform: str,
@@ -122,11 +146,19 @@ def _step_argv(plan_task: str, step: str, combine: str, transform: str,
     return templated, literal
 
 
+def chunk_argv(chunk: dict) -> list[str]:
+    """The argv that hands a task its chunk (training_images.datum and .datum.pps read both forms)."""
+    if "pending" in chunk:
+        return ["--datums-from", f"{chunk['pending']}:{chunk['start']}:{chunk['stop']}"]
+    return ["--datums", json.dumps(chunk["datums"])]
+
+
 class DatumStepOperator(TrainyardStepOperator):
     """
     Process one chunk of work units: `python -m training_images.datum`, mapped over the plan's chunks.
 
-    :param chunk: {"datums": [...], "label": ...} from the plan; passed as literal argv, never rendered
+    :param chunk: {"datums": [...], "label": ...} from the plan, or for a large chunk {"pending": sha of the plan's
+        pending list, "start", "stop", "label"}; passed as literal argv, never rendered
     """
 
     def __init__(self, *, chunk: dict, plan_task: str, step_name: str, combine: str, transform: str,
@@ -134,7 +166,7 @@ class DatumStepOperator(TrainyardStepOperator):
         self.chunk = chunk
         arguments, literal = _step_argv(plan_task, step_name, combine, transform, step_params)
         super().__init__(step="datum", arguments=[*arguments, "--attempts", str(attempts)],
-                         literal_arguments=[*literal, "--datums", json.dumps(chunk["datums"])], **kwargs)
+                         literal_arguments=[*literal, *chunk_argv(chunk)], **kwargs)
 
     def build_pod_request_obj(self, context=None, *, dry_run: bool = False):
         pod = super().build_pod_request_obj(context, dry_run=dry_run)

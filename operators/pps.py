@@ -14,12 +14,12 @@ from airflow.sdk import DAG, AssetAny, BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from airflow.sdk.log import mask_secret
 
-from operators.datums import repo_asset
+from operators.datums import chunk_argv, chunk_refs, repo_asset
 from operators.hooks import StoreHook
 from operators.pipeline import dag_defaults
 from operators.step import TrainyardStepOperator
 from trainyard import config, pps
-from trainyard.datums import chunk, datum_key, datum_label, has_record, input_datums, pfs_datum_id
+from trainyard.datums import chunk, datum_keys, datum_label, datum_records, input_datums, pfs_datum_id
 from trainyard.errors import TrainyardError
 from trainyard.store import keys
 
@@ -89,8 +89,10 @@ class PlanPipelineOperator(BaseOperator):
         manifests = [store.get_commit(r["repo"], r["commit"]).manifest if r["commit"] else {} for r in resolved]
         datums = {pfs_datum_id(d): d for d in input_datums(pps.datum_tree(spec.input, resolved, manifests))}
         dag_id = context["dag"].dag_id
-        pending = [i for i, d in sorted(datums.items(), key=lambda kv: datum_label(kv[1]))
-                   if not has_record(store, dag_id, pps.TRANSFORM_STEP, datum_key(i, self.version, {}))]
+        done = datum_records(store, dag_id, pps.TRANSFORM_STEP).keys()  # a few reads, not one per datum
+        ids = [i for i, d in sorted(datums.items(), key=lambda kv: datum_label(kv[1]))]
+        pending = [i for i, key in zip(ids, datum_keys(ids, self.version, {})) if key not in done]
+        del done
         workers = min(spec.parallelism_spec.constant, self.hook.settings.max_datum_tasks)
         chunks = chunk(pending, workers) if pending else []
         self.log.info("%s: %s datum(s) from %s; %s to process in %s task(s), %s already processed", self.pipeline,
@@ -99,8 +101,8 @@ class PlanPipelineOperator(BaseOperator):
         context["ti"].xcom_push(key="plan", value={
             "inputs": resolved, "datums": len(datums), "pending": len(pending), "skipped": len(datums) - len(pending),
             "tasks": len(chunks)})
-        return [{"datums": c, "label": datum_label(datums[c[0]])[:200] + (f" .. ({len(c)})" if len(c) > 1 else "")}
-                for c in chunks]
+        labels = [datum_label(datums[c[0]])[:200] + (f" .. ({len(c)})" if len(c) > 1 else "") for c in chunks]
+        return chunk_refs(store, pending, chunks, labels)
 
 
 def _step_arguments(command: str, pipeline: str, spec_sha: str, code: str, version: str) -> tuple[list, list]:
@@ -124,7 +126,8 @@ class PipelineDatumOperator(TrainyardStepOperator):
     extra, or its login/password/host/schema/port) and reach the step in one private env variable, never as argv,
     XCom or a rendered value; on Kubernetes they are Secret references on the transform's container.
 
-    :param chunk: {"datums": [ids], "label"} from the plan; passed as literal argv, never rendered
+    :param chunk: {"datums": [ids], "label"} from the plan, or for a large chunk a slice of the plan's stored pending
+        list ({"pending", "start", "stop", "label"}); passed as literal argv, never rendered
     :param transform: the spec's transform as {"image", "cmd", "env"}; on Kubernetes it is the transform container
     """
 
@@ -136,7 +139,7 @@ class PipelineDatumOperator(TrainyardStepOperator):
         templated, literal = _step_arguments("process", pipeline, spec_sha, code, version)
         kwargs.setdefault("cmds", list(STEP_CMD))
         super().__init__(step="pps", arguments=templated,
-                         literal_arguments=[*literal, "--datums", json.dumps(chunk["datums"])], **kwargs)
+                         literal_arguments=[*literal, *chunk_argv(chunk)], **kwargs)
 
     def build_pod_request_obj(self, context=None, *, dry_run: bool = False):
         pod = super().build_pod_request_obj(context, dry_run=dry_run)

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import itertools
 import json
 import re
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from trainyard.bundles import check_link, check_name
-from trainyard.errors import ConflictError, TrainyardError
-from trainyard.records import DatumRecord, Provenance
+from trainyard.errors import ConflictError, NotFound, TrainyardError
+from trainyard.records import DatumBatch, DatumIndex, DatumKeys, DatumRecord, Provenance
 from trainyard.store import keys
+from trainyard.store.trees import paused_gc, plain_json_strings
 from trainyard.store.versioned import Commit, Manifest, Store, canonical_json, check_repo_name, sha256_bytes
 
 # Concurrent puts to one repo each retry on top of the other's commit; a few rounds settle any real contention.
@@ -61,17 +65,37 @@ def _group(lines: list[bytes], n: int, prefix: bytes = b"") -> list[bytes]:
     return [prefix + b"".join(lines[i:i + n]) for i in range(0, len(lines), n)]
 
 
+_BLOCK = 64 << 20
+
+
 def split_lines(data: bytes, n: int, *, header: bool = False) -> list[bytes]:
     """Split into datums of n lines (the last may have fewer); with header the first line tops every datum.
 
-    The header is not counted in n. A file that is empty (or only a header) gives no datums.
+    The header is not counted in n. A file that is empty (or only a header) gives no datums. Without a header the
+    datums are views into `data`, not copies: a million datums cost no second copy of the file.
     """
     _check_target(n)
-    lines = _lines(data)
-    if header and lines:
-        head, *lines = lines
-        return _group(lines, n, head)
-    return _group(lines, n)
+    import numpy as np  # the ends of every n-th line in one pass over the bytes, not one Python call per line
+
+    view = memoryview(data)
+    # In blocks: one comparison over a whole 1 GB file would first make a 1 GB array of booleans.
+    ends = np.concatenate([np.flatnonzero(np.frombuffer(data, dtype=np.uint8, count=min(_BLOCK, len(data) - at),
+                                                        offset=at) == 0x0A) + at + 1
+                           for at in range(0, len(data), _BLOCK)] or [np.zeros(0, dtype=np.int64)])
+    head = b""
+    start = 0
+    if header:
+        if not data:
+            return []
+        start = int(ends[0]) if len(ends) else len(data)
+        head, ends = bytes(view[:start]), ends[1:]
+    cuts = ends[n - 1::n].tolist()
+    if not cuts or cuts[-1] < len(data):
+        cuts.append(len(data))  # the last lines, fewer than n, or a last line without a newline
+    bounds = zip([start, *cuts[:-1]], cuts)
+    if header:
+        return [head + view[a:b] for a, b in bounds if b > a]
+    return [view[a:b] for a, b in bounds if b > a]
 
 
 def split_json(data: bytes, n: int) -> list[bytes]:
@@ -152,7 +176,8 @@ def put_file(store: Store, repo: str, file: Path, *, split: str | None = None, t
         data = file.read_bytes()
         n = target_file_datums or 1  # Pachyderm's default: every line (record) is its own datum
         try:
-            chunks = split_lines(data, n, header=header) if split == "line" else split_json(data, n)
+            with paused_gc():
+                chunks = split_lines(data, n, header=header) if split == "line" else split_json(data, n)
         except SplitError as exc:
             raise SplitError(f"{file}: {exc}") from None
         if not chunks:
@@ -162,7 +187,8 @@ def put_file(store: Store, repo: str, file: Path, *, split: str | None = None, t
     # Another commit may land between reading the head and moving the branch; then redo on top of it.
     retrying = Retrying(retry=retry_if_exception_type(ConflictError), stop=stop_after_attempt(_PUT_ATTEMPTS),
                         reraise=True)
-    return retrying(_put_on_head, store, repo, file, dest, split, chunks, message)
+    with paused_gc():
+        return retrying(_put_on_head, store, repo, file, dest, split, chunks, message)
 
 
 def _put_on_head(store: Store, repo: str, file: Path, dest: str, split: str | None, chunks: list[bytes],
@@ -180,14 +206,11 @@ def _put_on_head(store: Store, repo: str, file: Path, dest: str, split: str | No
         manifest.update(report.manifest)
         datums = 1
     else:
-        shas = [sha256_bytes(c) for c in chunks]
-        # Blobs never disappear once a commit names them, so datums the head already holds cost no request at all.
-        known = {e["sha256"] for e in parent.values()}
-        fresh = {sha: c for sha, c in zip(shas, chunks) if sha not in known}
-        with ThreadPoolExecutor(max_workers=store.concurrency) as pool:
-            list(pool.map(store.put_blob_bytes, fresh.values()))
-        manifest.update({p: {"sha256": sha, "size": len(c)}
-                         for p, sha, c in zip(split_file_paths(dest, len(chunks)), shas, chunks)})
+        # Datums go into packs, a few objects for the whole file instead of one per datum; each keeps its own
+        # sha256. Those the head already holds are not written again and cost no request at all.
+        known = {e["sha256"]: e for e in parent.values()}
+        entries = store.put_packed(chunks, known=known)
+        manifest.update(zip(split_file_paths(dest, len(chunks)), entries))
         datums = len(chunks)
 
     how = f" (split {split}, {datums} datum(s))" if split else ""
@@ -234,6 +257,11 @@ def glob_datums(manifest: dict[str, dict], pattern: str) -> dict[str, dict]:
     glob = _compile(pattern)
     if glob.segments == 0:
         return {"/": dict(sorted(manifest.items()))} if manifest else {}
+    with paused_gc():
+        return _glob_datums(manifest, glob)
+
+
+def _glob_datums(manifest: dict[str, dict], glob: _Glob) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for key in sorted(manifest):
         parts = key.strip("/").split("/")
@@ -255,6 +283,12 @@ def datum_id(sub_manifest: dict[str, dict]) -> str:
     """
     if not sub_manifest:
         raise DatumError("a datum holds at least one file; got an empty manifest")
+    if len(sub_manifest) == 1:
+        # A file datum, the common case at a million datums: canonical_json's bytes, written directly.
+        (key, entry), = sub_manifest.items()
+        name = key.strip("/").rsplit("/", 1)[-1]
+        if plain_json_strings([name]):
+            return sha256_bytes(f'{{"{name}":{{"sha256":"{entry["sha256"]}","size":{int(entry["size"])}}}}}'.encode())
     split = {key: key.strip("/").split("/") for key in sub_manifest}
     dirs = [parts[:-1] for parts in split.values()]
     common = 0
@@ -312,6 +346,12 @@ def join(left: dict[str, dict], left_glob: str, right: dict[str, dict], right_gl
     """
     if mode not in ("inner", "outer"):
         raise DatumError(f"join mode must be 'inner' or 'outer', got {mode!r}")
+    with paused_gc():
+        return _join(left, left_glob, right, right_glob, mode)
+
+
+def _join(left: dict[str, dict], left_glob: str, right: dict[str, dict], right_glob: str,
+          mode: Literal["inner", "outer"]) -> list[JoinedDatum]:
     lkeys, rkeys = _keyed(left, _join_glob(left_glob)), _keyed(right, _join_glob(right_glob))
     keys = set(lkeys) & set(rkeys) if mode == "inner" else set(lkeys) | set(rkeys)
     joined = []
@@ -392,24 +432,256 @@ def datum_key(datum: str, code: str, params: dict[str, Any]) -> str:
     return sha256_bytes(canonical_json({"datum": datum, "code": code, "params": params}))
 
 
+def datum_keys(datum_ids: Iterable[str], code: str, params: dict[str, Any]) -> list[str]:
+    """datum_key() of many datums: the same keys, with the JSON around each id serialised once (a plan keys a
+    million datums)."""
+    head, _, tail = canonical_json({"code": code, "datum": "\0", "params": params}).partition(b'"\\u0000"')
+    keyed = []
+    for datum in datum_ids:
+        # Content ids are hex; anything else is serialised the long way, so it is escaped exactly as datum_key does.
+        if datum.isascii() and datum.isalnum():
+            keyed.append(hashlib.sha256(b"%s\"%s\"%s" % (head, datum.encode(), tail)).hexdigest())
+        else:
+            keyed.append(datum_key(datum, code, params))
+    return keyed
+
+
+_BATCHES_IN_FLIGHT = 3
+# Key lists a plan may read one by one before collect folds them into a new index.
+COMPACT_LISTS = 64
+# A task publishes its records in batches of at most this many: a task stopped part-way keeps what it finished, and
+# no one object grows past a few MB (a record is about 500 bytes).
+BATCH_RECORDS = 10_000
+
+
+@dataclasses.dataclass
+class DatumRecords:
+    """Where a datum step's records are: the datum keys each batch holds, and the keys with a per-datum record.
+
+    Read with a few listings and reads (the newest index plus the key lists it does not cover), never one request
+    per datum; `uncovered` counts the objects no index covers yet (and `uncovered_keys` their keys), which collect
+    compacts into a new index once they are worth it.
+    """
+
+    pipeline: str
+    step: str
+    batches: dict[str, list[str]]
+    records: set[str]
+    uncovered: int = 0
+    generation: int = 0  # of the index read; collect's next index is one more
+    indexed: int = 0  # keys the index read holds
+    uncovered_keys: int = 0
+
+    def keys(self) -> set[str]:
+        """Every processed datum key: what a plan skips."""
+        done = set(self.records)
+        for batch_keys in self.batches.values():
+            done.update(batch_keys)
+        return done
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records or any(key in batch_keys for batch_keys in self.batches.values())
+
+    def locate(self, wanted: Iterable[str]) -> dict[str, str | None]:
+        """{key: the batch holding it, or None for a per-datum record} for each wanted key that was processed."""
+        wanted = set(wanted)
+        found: dict[str, str | None] = {}
+        for batch, batch_keys in self.batches.items():
+            for key in batch_keys:
+                if key in wanted and key not in found:
+                    found[key] = batch
+        for key in self.records & wanted:
+            found.setdefault(key, None)
+        return found
+
+
+def _read_all(store: Store, items: list[str], read):
+    with ThreadPoolExecutor(max_workers=store.concurrency) as pool:
+        return list(pool.map(read, items))
+
+
+def datum_records(store: Store, pipeline: str, step: str) -> DatumRecords:
+    """What the step has recorded, read from the newest index and the batch key lists it does not cover.
+
+    Without an index (a store written before batches, or before its first collect) the step's prefix is listed
+    once, so per-datum records count too; after collect has indexed them, they are read from the index.
+    """
+    indexes = store.list_keys(keys.datum_index_prefix(pipeline, step))
+    batches: dict[str, list[str]] = {}
+    records: set[str] = set()
+    generation = indexed = 0
+    if indexes:
+        # Names sort by generation: the last was compacted from every earlier one (a concurrent collect's index
+        # may lack a key list, which is then read below as not covered).
+        index = store.get_record(indexes[-1], DatumIndex)
+        batches, records = index.batches, set(index.records)
+        generation = keys.datum_index_generation(indexes[-1])
+        indexed = len(records) + sum(len(batch_keys) for batch_keys in batches.values())
+    else:
+        for key in store.list_keys(keys.datum_step_prefix(pipeline, step)):
+            part = keys.datum_part(key, pipeline, step)
+            if part and part[0] == "record":
+                records.add(part[1])
+    fresh = [key for key in store.list_keys(keys.datum_batch_keys_prefix(pipeline, step))
+             if (part := keys.datum_part(key, pipeline, step)) and part[0] == "keys" and part[1] not in batches]
+    new_keys = 0 if indexes else len(records)
+    for listed in _read_all(store, fresh, lambda key: store.get_record(key, DatumKeys)):
+        batches[listed.batch] = listed.keys
+        new_keys += len(listed.keys)
+    return DatumRecords(pipeline, step, batches, records, uncovered=len(fresh) + (0 if indexes else len(records)),
+                        generation=generation, indexed=indexed, uncovered_keys=new_keys)
+
+
 def has_record(store: Store, pipeline: str, step: str, key: str) -> bool:
-    """Whether the datum keyed `key` (datum_key) was processed by this step: a re-run skips it."""
-    return store.exists(keys.datum_record(pipeline, step, key))
+    """Whether the datum keyed `key` (datum_key) was processed by this step: a re-run skips it.
+
+    One datum; to ask about many, read datum_records() once and test its keys().
+    """
+    return store.exists(keys.datum_record(pipeline, step, key)) or key in datum_records(store, pipeline, step)
 
 
-def load_record(store: Store, pipeline: str, step: str, key: str) -> DatumRecord:
+def _load_batch(store: Store, pipeline: str, step: str, batch: str) -> DatumBatch:
+    return store.get_record(keys.datum_batch(pipeline, step, batch), DatumBatch)
+
+
+def load_record(store: Store, pipeline: str, step: str, key: str, recorded: DatumRecords | None = None) -> DatumRecord:
     """A processed datum's record; NotFound when the datum failed or its task never ran."""
-    return store.get_record(keys.datum_record(pipeline, step, key), DatumRecord)
+    try:
+        return store.get_record(keys.datum_record(pipeline, step, key), DatumRecord)
+    except NotFound:
+        pass
+    recorded = recorded or datum_records(store, pipeline, step)
+    batch = recorded.locate([key]).get(key)
+    if batch is not None:
+        for record in _load_batch(store, pipeline, step, batch).records:
+            if record.key == key:
+                return record
+    raise NotFound(f"datum {key} has no record in step {pipeline}.{step} of the store {store.uri}")
+
+
+def load_records(store: Store, recorded: DatumRecords, located: dict[str, str | None]) -> Iterator[DatumRecord]:
+    """The record of each key of `located` (from recorded.locate()), each once and in no set order, reading only the
+    batches that hold them, a few at a time, so a million records are never held at once. Per-datum records (None)
+    are read one by one."""
+    by_batch: dict[str | None, list[str]] = {}
+    for key, batch in located.items():
+        by_batch.setdefault(batch, []).append(key)
+    singles = by_batch.pop(None, [])
+    # A few batches in flight at once: reads overlap, and memory holds a few batches, never all of them.
+    with ThreadPoolExecutor(max_workers=_BATCHES_IN_FLIGHT) as pool:
+        queue = iter(sorted(by_batch))
+        flight = collections.deque((name, pool.submit(_load_batch, store, recorded.pipeline, recorded.step, name))
+                                   for name in itertools.islice(queue, _BATCHES_IN_FLIGHT))
+        while flight:
+            name, future = flight.popleft()
+            batch = future.result()
+            following = next(queue, None)
+            if following is not None:
+                flight.append((following, pool.submit(_load_batch, store, recorded.pipeline, recorded.step, following)))
+            needed = set(by_batch[name])
+            for record in batch.records:
+                if record.key in needed:
+                    needed.discard(record.key)
+                    yield record
+    for i in range(0, len(singles), BATCH_RECORDS):
+        keys_ = singles[i:i + BATCH_RECORDS]
+        for key, record in zip(keys_, _read_all(store, keys_, lambda k: store.get_record(
+                keys.datum_record(recorded.pipeline, recorded.step, k), DatumRecord))):
+            yield record if record.key == key else record.model_copy(update={"key": key})
+
+
+def batch_id(batch: DatumBatch) -> str:
+    """A batch is named after its content, so writing it again (a retried write) makes the same object."""
+    return sha256_bytes(canonical_json(batch.to_json()))
+
+
+def save_records(store: Store, pipeline: str, step: str, records: list[DatumRecord]) -> str | None:
+    """Publish processed datums' records, last (their outputs are stored): one batch object, then its key list,
+    which is what makes later runs skip them. Both are created once and never overwritten; returns the batch id."""
+    if not records:
+        return None
+    missing = [r.datum for r in records if not r.key]
+    if missing:
+        raise DatumError(f"datum records without a key cannot be published: {', '.join(missing[:5])}")
+    batch = DatumBatch(pipeline=pipeline, step=step, records=records)
+    name = batch_id(batch)
+    store.put_record(keys.datum_batch(pipeline, step, name), batch, create_only=True)
+    store.put_record(keys.datum_batch_keys(pipeline, step, name),
+                     DatumKeys(batch=name, keys=[r.key for r in records]), create_only=True)
+    return name
 
 
 def save_record(store: Store, pipeline: str, step: str, record: DatumRecord) -> bool:
-    """Publish a processed datum's record, last (its outputs are stored); an existing record is kept."""
-    return store.put_record(keys.datum_record(pipeline, step, record.key), record, create_only=True)
+    """Publish one processed datum's record (a batch of one); for many, use a RecordWriter."""
+    return save_records(store, pipeline, step, [record]) is not None
+
+
+class RecordWriter:
+    """Collects a task's records and publishes them in batches of `size`, and what is left when it closes
+    (also when the task fails: every record added is for a datum whose outputs are stored)."""
+
+    def __init__(self, store: Store, pipeline: str, step: str, size: int = BATCH_RECORDS) -> None:
+        self.store, self.pipeline, self.step, self.size = store, pipeline, step, size
+        self.pending: list[DatumRecord] = []
+        self.batches: list[str] = []
+
+    def add(self, record: DatumRecord) -> None:
+        self.pending.append(record)
+        if len(self.pending) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        name = save_records(self.store, self.pipeline, self.step, self.pending)
+        if name:
+            self.batches.append(name)
+        self.pending = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+
+
+def compact_records(store: Store, recorded: DatumRecords, migrated: Iterable[str] = ()) -> str | None:
+    """Write one index of every batch's keys and per-datum record: create-only, one generation after the index it
+    was read from, so the next plan reads it instead of one key list per task.
+
+    An index is written whole, so it is written only when what it lacks is worth it: COMPACT_LISTS key lists for a
+    plan to read one by one, or a quarter of its keys; a run that changes ten datums of a million adds one small
+    key list, not a new index (writes stay in proportion to what runs add). `migrated`: keys whose per-datum
+    records collect has just copied into batches; the index then sends readers there. Returns the index's key, or
+    None when none was written.
+    """
+    migrated = set(migrated)
+    if migrated:
+        generation = recorded.generation
+        recorded = datum_records(store, recorded.pipeline, recorded.step)  # with the batches just written
+        recorded.records.difference_update(migrated)
+        recorded.generation = max(generation, recorded.generation)
+    elif recorded.uncovered < COMPACT_LISTS and 4 * recorded.uncovered_keys < recorded.indexed:
+        return None
+    if not recorded.uncovered:
+        return None
+    index = DatumIndex(batches=recorded.batches, records=sorted(recorded.records))
+    name = sha256_bytes(canonical_json(index.to_json()))[:16]
+    recorded.generation += 1
+    key = keys.datum_index(recorded.pipeline, recorded.step, recorded.generation, name)
+    store.put_record(key, index, create_only=True)
+    recorded.uncovered = recorded.uncovered_keys = 0
+    recorded.indexed = len(recorded.records) + sum(len(batch_keys) for batch_keys in recorded.batches.values())
+    return key
 
 
 def save_provenance(store: Store, commit: Commit, provenance: Provenance) -> None:
     """Record which datum produced each file of a datum step's output commit."""
     store.put_record(keys.provenance(commit.repo, commit.id), provenance)
+
+
+def has_provenance(store: Store, commit: Commit) -> bool:
+    """Whether the commit's provenance is stored: a collect that made no new commit need not write it again (at a
+    million files it is a large object)."""
+    return store.exists(keys.provenance(commit.repo, commit.id))
 
 
 def load_provenance(store: Store, commit: Commit) -> Provenance:

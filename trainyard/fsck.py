@@ -18,8 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from trainyard.errors import CorruptBlob, NotFound, StoreError
-from trainyard.records import (DatumRecord, DatumStats, ModelRecord, PpsJob, Provenance, RegistryEntry, RunPlan,
-                               RunRecord, TrainedModel, TrainFailure)
+from trainyard.records import (DatumBatch, DatumIndex, DatumKeys, DatumRecord, DatumStats, ModelRecord, PpsJob,
+                               Provenance, RegistryEntry, RunPlan, RunRecord, TrainedModel, TrainFailure)
 from trainyard.store import keys
 from trainyard.store.versioned import SHORT_ID_LEN, Store, _Bar, manifest_id, progress_bars_enabled
 
@@ -73,6 +73,9 @@ class _Checker:
         self.report = FsckReport(store=store.uri)
         self.stored: set[str] = set()
         self.corrupt: set[str] = set()
+        self.packs: set[str] = set()  # packs stored whose bytes hash to their name
+        self.packed: dict[str, set[str]] = {}  # pack -> the blobs manifests say it holds
+        self.bad_packs: dict[str, str] = {}  # pack -> what is wrong with it: damage only where a blob needs it
         self.commits: dict[str, set[str]] = {}  # repo -> commit ids
         self.models: set[str] = set()
         self.damage: dict[str, Damage] = {}
@@ -117,14 +120,25 @@ class _Checker:
         return lambda key: self.store.get_record(key, kind)
 
     def blob(self, sha: str | None, user: str, *, commit: tuple[str, str] | None = None, path: str | None = None,
-             model: str | None = None) -> None:
-        """Follow one reference to a blob from `user` (a commit's path, a model, or another record)."""
+             model: str | None = None, entry: dict[str, Any] | None = None) -> None:
+        """Follow one reference to a blob from `user` (a commit's path, a model, or another record); a packed blob
+        is sound when its pack is."""
         if not sha:
             return
         self.report.references += 1
-        if sha in self.stored and sha not in self.corrupt:
+        pack = (entry or {}).get("pack")
+        if pack:
+            self.packed.setdefault(pack, set()).add(sha)
+            if pack in self.packs or (sha in self.stored and sha not in self.corrupt):
+                return  # a sound pack, or a later put stored the blob again on its own
+            if pack in self.bad_packs and self.store.packed_intact(entry):
+                return  # a pack damaged elsewhere: this blob's own bytes still match
+            damage = self._damage(keys.pack(pack), "corrupt" if pack in self.bad_packs else "missing",
+                                  self.bad_packs.get(pack, ""))
+        elif sha in self.stored and sha not in self.corrupt:
             return
-        damage = self._damage(keys.blob(sha), "corrupt" if sha in self.corrupt else "missing")
+        else:
+            damage = self._damage(keys.blob(sha), "corrupt" if sha in self.corrupt else "missing")
         if commit:
             ref = f"{commit[0]}:{commit[1][:SHORT_ID_LEN]}"
             _add(damage.commits, ref)
@@ -207,6 +221,18 @@ class _Checker:
         finally:
             bar.close()
         self.report.quarantined = len(store.quarantined_blobs())
+        # Packs: one object holds many datums, so hashing the pack verifies every one of them.
+        for key in store.list_keys(keys.PACKS):
+            pack = keys.blob_sha(key)
+            got = store.pack_digest(pack)
+            if got is None:
+                continue
+            self.report.blobs += 1
+            self.report.bytes += got[1]
+            if got[0] == pack:
+                self.packs.add(pack)
+            else:
+                self.bad_packs[pack] = f"its bytes hash to {got[0][:12]}"
 
     def repos(self) -> None:
         store = self.store
@@ -218,12 +244,23 @@ class _Checker:
             if key.startswith(keys.commit_prefix(repo)):
                 commit_keys.append(key)
                 self.commits.setdefault(repo, set()).add(keys.commit_id(key))
+            elif key.startswith(keys.history_prefix(repo)):
+                continue  # a branch's older log entries: followed from the branch below
             else:
                 branch_keys.append(key)
         for key, doc in self._read(commit_keys, store.get_json):
             repo, cid = keys.repo_of(key), keys.commit_id(key)
-            manifest = doc.get("manifest") if isinstance(doc, dict) else None
-            if not isinstance(manifest, dict) or doc.get("id") != cid:
+            if not isinstance(doc, dict) or doc.get("id") != cid:
+                self._damage(key, "unreadable", "not a commit of this id")
+                continue
+            manifest = doc.get("manifest")
+            if "tree" in doc:
+                try:
+                    manifest = store.read_tree(doc["tree"], where=f"repo {repo!r} commit {cid[:SHORT_ID_LEN]}")
+                except (NotFound, CorruptBlob) as exc:
+                    self._damage(key, "corrupt" if isinstance(exc, CorruptBlob) else "missing", str(exc))
+                    continue
+            if not isinstance(manifest, dict):
                 self._damage(key, "unreadable", "not a commit of this id")
                 continue
             try:
@@ -233,13 +270,17 @@ class _Checker:
                 self._damage(key, "unreadable", "a manifest entry without sha256 and size")
                 continue
             for path, entry in manifest.items():
-                self.blob(entry.get("sha256"), key, commit=(repo, cid), path=path)
+                self.blob(entry.get("sha256"), key, commit=(repo, cid), path=path, entry=entry)
             if doc.get("parent"):
                 self.commit(repo, doc["parent"], f"{repo}:{cid[:SHORT_ID_LEN]} (parent)")
         for key, doc in self._read(branch_keys, store.get_json):
             repo = keys.repo_of(key)
             name = key.rsplit("/", 1)[1].removesuffix(keys.JSON)
-            heads = [doc.get("head")] + [e.get("commit") for e in doc.get("log", [])] if isinstance(doc, dict) else []
+            try:
+                heads = [doc.get("head")] + [e.get("commit") for e in store.branch_log(repo, name, doc)]
+            except (NotFound, ValueError, KeyError, TypeError, AttributeError) as exc:
+                self._damage(key, "unreadable", f"its log cannot be read: {exc}")
+                continue
             for commit_id in dict.fromkeys(h for h in heads if h):
                 self.commit(repo, commit_id, f"branch {repo}:{name}")
 
@@ -292,20 +333,57 @@ class _Checker:
             for mid in run.run_summary.outputs.model_ids:
                 self.model(mid, f"run record {key}")
 
+    def _datum_record(self, record: DatumRecord, user: str) -> None:
+        for entry in record.outputs.values():
+            self.blob(entry.get("sha256"), user)
+        self.blob(record.log, user)
+        for ref in record.inputs or []:
+            self.commit(ref.repo, ref.commit, user)
+
+    def _datum_batch(self, step: tuple[str, str], batch: str, stored: set[str], user: str) -> None:
+        """Follow a key list's or an index's reference to the batch that holds the records."""
+        self.report.references += 1
+        key = keys.datum_batch(*step, batch)
+        if key not in stored:
+            _add(self._damage(key, "missing").others, user)
+
     def datums(self) -> None:
-        for key, record in self._read(self.store.list_keys(keys.DATUMS), self._record(DatumRecord)):
-            user = f"datum record {key}"
-            for entry in record.outputs.values():
-                self.blob(entry.get("sha256"), user)
-            self.blob(record.log, user)
-            for ref in record.inputs or []:
-                self.commit(ref.repo, ref.commit, user)
-        for key, record in self._read(self.store.list_keys(keys.PROVENANCE), self._record(Provenance)):
-            user = f"provenance {key}"
-            repo, commit_id = keys.provenance_commit(key)
-            self.commit(repo, commit_id, user)
-            for ref in record.inputs:
-                self.commit(ref.repo, ref.commit, user)
+        listed = self.store.list_keys(keys.DATUMS)
+        stored = set(listed)
+        kinds = {"record": DatumRecord, "batch": DatumBatch, "keys": DatumKeys, "index": DatumIndex}
+        parts = {}
+        for key in listed:
+            step = keys.datum_steps_of(key)
+            part = keys.datum_part(key, *step) if step else None
+            parts[key] = (step, part[0] if part else "record")
+        small = [key for key in listed if parts[key][1] in ("record", "keys")]
+        batches = [key for key in listed if parts[key][1] == "batch"]
+        # A batch holds thousands of records and an index a million keys: a few batches and one index at a time,
+        # so a million records are never held at once.
+        groups = [small, *(batches[i:i + 4] for i in range(0, len(batches), 4)),
+                  *([key] for key in listed if parts[key][1] == "index")]
+        for group in groups:
+            for key, record in self._read(group, lambda key: self.store.get_record(key, kinds[parts[key][1]])):
+                step, kind = parts[key]
+                if kind == "record":
+                    self._datum_record(record, f"datum record {key}")
+                elif kind == "batch":
+                    for one in record.records:
+                        self._datum_record(one, f"datum batch {key} ({one.datum})")
+                elif kind == "keys":
+                    self._datum_batch(step, record.batch, stored, f"datum keys {key}")
+                else:
+                    for batch in record.batches:
+                        self._datum_batch(step, batch, stored, f"datum index {key}")
+        # A provenance record names every file of its commit (a million at a million datums): a few at a time.
+        provenance = self.store.list_keys(keys.PROVENANCE)
+        for group in (provenance[i:i + 4] for i in range(0, len(provenance), 4)):
+            for key, record in self._read(group, self._record(Provenance)):
+                user = f"provenance {key}"
+                repo, commit_id = keys.provenance_commit(key)
+                self.commit(repo, commit_id, user)
+                for ref in record.inputs:
+                    self.commit(ref.repo, ref.commit, user)
 
     def pps(self) -> None:
         store = self.store
@@ -328,6 +406,12 @@ class _Checker:
         """Quarantine every corrupt blob, and mark every missing referenced one, so the next upload writes it."""
         self.report.repair = True
         for key, damage in list(self.damage.items()):
+            if key.startswith(keys.PACKS):
+                # A pack is never rewritten; the blobs it should hold are marked so the next put stores them anew.
+                for sha in self.packed.get(keys.blob_sha(key), ()):
+                    self.store.mark_missing(sha)
+                damage.action = "its blobs marked missing"
+                continue
             if not key.startswith(keys.BLOBS) or damage.kind == "unreadable":
                 continue
             sha = keys.blob_sha(key)

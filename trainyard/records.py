@@ -399,6 +399,31 @@ class DatumRecord(Record):
     log: str | None = None
 
 
+class DatumBatch(Record):
+    """datums/<pipeline>/<step>/batches/<id>.json: the records of the datums one task processed, written once, after
+    their outputs are stored (a million datums make a few hundred objects, not a million)."""
+
+    pipeline: str
+    step: str
+    records: list[DatumRecord]
+
+
+class DatumKeys(Record):
+    """datums/<pipeline>/<step>/keys/<id>.json: the datum keys of batch <id>, written after it; a plan reads these
+    (or an index) instead of asking for one record per datum."""
+
+    batch: str
+    keys: list[str]
+
+
+class DatumIndex(Record):
+    """datums/<pipeline>/<step>/index/<generation>-<id>.json: the keys of every batch and per-datum record in one
+    object, written by collect; a plan reads the newest index plus the key lists it does not cover."""
+
+    batches: dict[str, list[str]] = {}  # batch id -> the datum keys it holds
+    records: list[str] = []  # datum keys with a per-datum record (written before batches)
+
+
 class ProvenanceFile(Part):
     datum: str
     key: str

@@ -115,7 +115,7 @@ def test_a_datum_step_processes_only_new_datums_and_retries_a_failed_one_alone(a
     assert len(flaky) == 1 and flaky[0]["status"] == "processed"  # the failing datum was retried alone
     out = store.resolve("upper-out")
     assert len(out.manifest) == 20
-    assert store.get_blob_bytes(out.manifest["captions.tsv_0000000000000001.txt"]["sha256"]) == \
+    assert store.read_entry(out.manifest["captions.tsv_0000000000000001.txt"]) == \
         "".join(f"LINE {i}\n" for i in range(5, 10)).encode()
     pairs = store.resolve("pairs")
     assert sorted(pairs.manifest) == [f"{i:016d}/pair.txt" for i in range(20)]  # nested per datum
@@ -141,3 +141,88 @@ def test_a_datum_step_processes_only_new_datums_and_retries_a_failed_one_alone(a
     assert _xcoms("datum_test", third.run_id, "upper_plan")[(-1, "plan")]["pending"] == 0
     assert store.resolve("upper-out").id == store.resolve("upper-out").id
     assert json.loads(json.dumps(store.resolve("upper-out").manifest))  # committed, readable
+
+
+def _plan(uri: str, step: str = "upper") -> tuple[dict, list[dict]]:
+    """Run a datum step's plan as its task does, outside a DAG run: (the plan XCom, the chunks it maps over)."""
+    from types import SimpleNamespace
+
+    from operators.datums import PlanDatumsOperator
+
+    pushed: dict = {}
+    plan = PlanDatumsOperator(task_id=f"{step}_plan", step=step, inputs=[{"repo": "rawdata", "glob": "/captions.tsv/*"}],
+                              code_repo=None, transform="builtin:fetch-urls", store_uri=uri, max_tasks=8)
+    chunks = plan.execute({"dag": SimpleNamespace(dag_id="scale"),
+                           "ti": SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))})
+    return pushed["plan"], chunks
+
+
+def _chunk_datums(store, chunk: dict) -> list[str]:
+    """A chunk's datums: in the chunk, or (a large one) a slice of the pending list the plan stored as a blob."""
+    if "pending" in chunk:
+        return json.loads(store.get_blob_bytes(chunk["pending"]))[chunk["start"]:chunk["stop"]]
+    return chunk["datums"]
+
+
+def _mark_processed(store, plan: dict, chunks: list[dict], *, per_datum: bool = False) -> None:
+    """Record each planned datum as processed, as the datum tasks do (one writer per task), or as trainyard did
+    before batches (one record object per datum)."""
+    from trainyard.datums import DatumInput, RecordWriter, datum_key, work_units
+    from trainyard.records import DatumRecord
+    from trainyard.store import keys
+
+    commit = store.get_commit(plan["inputs"][0]["repo"], plan["inputs"][0]["commit"])
+    units = work_units([DatumInput(name="rawdata", manifest=commit.manifest, glob="/captions.tsv/*")])
+    for task in chunks:
+        with RecordWriter(store, "scale", "upper") as records:
+            for datum in _chunk_datums(store, task):
+                key = datum_key(units[datum]["id"], plan["code_version"], {})
+                record = DatumRecord(datum=datum, datum_id=units[datum]["id"], key=key, code=plan["code_version"],
+                                     outputs={datum.rsplit("/", 1)[1]: units[datum]["files"][datum.lstrip("/")]})
+                if per_datum:
+                    store.put_json(keys.datum_record("scale", "upper", key), record.to_json())
+                else:
+                    records.add(record)
+
+
+def test_a_re_run_after_changing_ten_of_20000_datums_plans_exactly_those_ten_in_a_few_reads(tmp_path, monkeypatch):
+    import hashlib
+
+    from trainyard.store import open_store
+
+    uri = f"file://{tmp_path / 'store'}"
+    store = open_store(uri)
+
+    def manifest(changed: set[int]) -> dict:
+        return {f"captions.tsv/{i:016d}": {"sha256": hashlib.sha256(f"{i} {i in changed}".encode()).hexdigest(),
+                                           "size": 80} for i in range(20000)}
+
+    store.commit("rawdata", manifest(set()))
+    plan, chunks = _plan(uri)
+    assert (plan["datums"], plan["pending"], len(chunks)) == (20000, 20000, 8)
+    # 2,500 datums a task: too many for an argv string, so each task gets its slice of one stored list
+    from operators.datums import DatumStepOperator
+
+    assert [c["stop"] - c["start"] for c in chunks] == [2500] * 8 and len({c["pending"] for c in chunks}) == 1
+    task = DatumStepOperator(task_id="upper", chunk=chunks[3], plan_task="upper_plan", step_name="upper",
+                             combine="single", transform="builtin:fetch-urls")
+    assert task.literal_arguments[-2:] == ["--datums-from", f"{chunks[3]['pending']}:7500:10000"]
+    _mark_processed(store, plan, chunks[:1], per_datum=True)  # one task's worth recorded the old way
+    _mark_processed(store, plan, chunks[1:])
+    assert _plan(uri)[0]["pending"] == 0  # per-datum records and batches both count
+
+    changed = {7, 1500, 2600, 4000, 9999, 10000, 12345, 15000, 18000, 19999}
+    store.commit("rawdata", manifest(changed))
+    # the requests the plan makes of the store, as S3 would serve (and bill) them
+    requests: list[str] = []
+    for name in ("read", "exists", "list"):
+        method = getattr(store.backend, name)
+        setattr(store.backend, name, lambda key, _m=method, _n=name: requests.append(f"{_n} {key}") or _m(key))
+    monkeypatch.setattr("operators.hooks.open_store", lambda *args, **kwargs: store)
+    plan, chunks = _plan(uri)
+    assert plan["pending"] == 10
+    assert sorted(d for c in chunks for d in _chunk_datums(store, c)) == [
+        f"/captions.tsv/{i:016d}" for i in sorted(changed)]
+    assert all("datums" in c for c in chunks)  # ten datums go in the chunks themselves
+    on_records = [r for r in requests if r.split()[1].startswith("datums/")]
+    assert len(on_records) <= 12, on_records  # listings and key lists: not one request per datum (20,000)

@@ -20,12 +20,12 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from training_images import phases, sandbox
-from training_images.datum.inputs import add_step_arguments, load_step
+from training_images.datum.inputs import StepInputs, add_step_arguments, load_step
 from training_images.usercode import env_bin_for, run_streaming, user_env
 from trainyard import config, contract
-from trainyard.datums import datum_key, has_record, save_record
+from trainyard.datums import RecordWriter, datum_key, datum_records
 from trainyard.records import DatumRecord
-
+from trainyard.store.versioned import Store
 
 
 class PlannedDatum(BaseModel):
@@ -59,10 +59,18 @@ def _command(transform: str, code_dir: Path) -> list[str]:
     return [str(script)]
 
 
+def _wanted(store: Store, args) -> list[str]:
+    """The chunk's datums: listed in argv, or a slice of the plan's pending list (a blob) for a large chunk."""
+    if args.datums_from:
+        sha, start, stop = args.datums_from.split(":")
+        return json.loads(store.get_blob_bytes(sha))[int(start):int(stop)]
+    return json.loads(args.datums)
+
+
 def prepare(args, work: Path, *, shared: bool = False) -> DatumPlan:
     """Lay out the code and each pending datum's inputs under `work`; needs the store."""
-    wanted = json.loads(args.datums)
     store = contract.store_from_env()
+    wanted = _wanted(store, args)
     step = load_step(store, args)
     units, code, version, params = step.units, step.code, step.version, step.params
     unknown = [d for d in wanted if d not in units]
@@ -76,9 +84,10 @@ def prepare(args, work: Path, *, shared: bool = False) -> DatumPlan:
     params_file.write_text(json.dumps(params, sort_keys=True))
     env_bin = env_bin_for(code, args.venv_cache) if code else None
     pending, skipped = [], []
+    done = datum_records(store, args.pipeline, args.step).keys()  # a retried task skips what it already recorded
     for n, datum in enumerate(wanted):
         key = datum_key(units[datum]["id"], version, params)
-        if has_record(store, args.pipeline, args.step, key):
+        if key in done:
             skipped.append({"datum": datum, "status": "skipped", "key": key})
             continue
         folder = work / "datums" / f"{n:06d}"
@@ -128,6 +137,44 @@ def run(work: Path) -> None:
         (work / phases.DONE_FILE).touch()
 
 
+def _finish_datum(store: Store, step: StepInputs, records: RecordWriter, item: PlannedDatum, counts: dict) -> dict:
+    """Upload one datum's log and outputs and add its record to the batch; returns its outcome for the result."""
+    folder = Path(item.folder)
+    log = folder / "log"
+    log_sha = store.put_blob_bytes(log.read_bytes() if log.exists() else b"")
+    parts = (folder / "exit").read_text().split() if (folder / "exit").exists() else []
+    code = int(parts[0]) if parts else -1
+    attempts = int(parts[1]) if len(parts) > 1 else 0
+    seconds = round(float(parts[2]), 3) if len(parts) > 2 else 0.0
+    outcome = {"datum": item.datum, "key": item.key, "log": log_sha, "attempts": attempts, "seconds": seconds}
+    if code == 0:
+        out_dir = folder / "out"
+        outputs = {p.relative_to(out_dir).as_posix(): p for p in sorted(out_dir.rglob("*")) if p.is_file()}
+        report = store.upload_files(outputs)
+        outcome.update(status="processed", outputs=report.manifest)
+        # Outputs are uploaded; the record is published after them and is what later runs skip on.
+        records.add(DatumRecord(**outcome, datum_id=item.datum_id, code=step.version, params=step.params,
+                                inputs=step.specs))
+    else:
+        lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+        error = (lines[-1] if lines else "") or ("the transform's container ended before this datum ran"
+                                                 if code == -1 else f"exit code {code}")
+        outcome.update(status="failed", error=error)
+    counts[outcome["status"]] += 1
+    return {k: v for k, v in outcome.items() if k != "outputs"}
+
+
+# The result is the task's XCom and must stay small: a chunk of thousands of datums lists this many, failures first.
+RESULT_DATUMS = 50
+
+
+def _listed(results: list[dict]) -> dict:
+    if len(results) <= RESULT_DATUMS:
+        return {"datums": results}
+    shown = sorted(results, key=lambda r: r["status"] != "failed")[:RESULT_DATUMS]
+    return {"datums": shown, "datums_left_out": len(results) - len(shown)}
+
+
 def finish(args, work: Path, *, follow: bool = False) -> int:
     """Upload each datum's log and outputs, publish its record, report the chunk; needs the store."""
     if follow:
@@ -137,30 +184,11 @@ def finish(args, work: Path, *, follow: bool = False) -> int:
     step = load_step(store, args)
     results = list(plan.skipped)
     counts = {"processed": 0, "skipped": len(plan.skipped), "failed": 0}
-    for item in plan.pending:
-        folder = Path(item.folder)
-        log = folder / "log"
-        log_sha = store.put_blob_bytes(log.read_bytes() if log.exists() else b"")
-        parts = (folder / "exit").read_text().split() if (folder / "exit").exists() else []
-        code = int(parts[0]) if parts else -1
-        attempts = int(parts[1]) if len(parts) > 1 else 0
-        seconds = round(float(parts[2]), 3) if len(parts) > 2 else 0.0
-        outcome = {"datum": item.datum, "key": item.key, "log": log_sha, "attempts": attempts, "seconds": seconds}
-        if code == 0:
-            out_dir = folder / "out"
-            outputs = {p.relative_to(out_dir).as_posix(): p for p in sorted(out_dir.rglob("*")) if p.is_file()}
-            report = store.upload_files(outputs)
-            outcome.update(status="processed", outputs=report.manifest)
-            # Outputs are uploaded; the record is published last and is what later runs skip on.
-            save_record(store, args.pipeline, args.step, DatumRecord(
-                **outcome, datum_id=item.datum_id, code=step.version, params=step.params, inputs=step.specs))
-        else:
-            lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
-            error = (lines[-1] if lines else "") or ("the transform's container ended before this datum ran"
-                                                     if code == -1 else f"exit code {code}")
-            outcome.update(status="failed", error=error)
-        counts[outcome["status"]] += 1
-        results.append({k: v for k, v in outcome.items() if k != "outputs"})
+    # Records go out in batches, each after its datums' outputs are uploaded; what was added is published even
+    # when a later datum's upload fails.
+    with RecordWriter(store, args.pipeline, args.step) as records:
+        for item in plan.pending:
+            results.append(_finish_datum(store, step, records, item, counts))
     print(f"step {args.step}: {counts['processed']} processed, {counts['skipped']} skipped, "
           f"{counts['failed']} failed", flush=True)
     # Failures last: the task's error message is the step's last line, so it names the datum and its error.
@@ -168,14 +196,16 @@ def finish(args, work: Path, *, follow: bool = False) -> int:
         if outcome["status"] == "failed":
             print(f"datum {outcome['datum']} failed after {outcome['attempts']} attempt(s): {outcome['error']}",
                   flush=True)
-    contract.write_result({**counts, "datums": results})
+    contract.write_result({**counts, **_listed(results)})
     return 1 if counts["failed"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training_images.datum")
     add_step_arguments(parser)
-    parser.add_argument("--datums", required=True, help="JSON list of the datum paths this task processes")
+    chunk = parser.add_mutually_exclusive_group(required=True)
+    chunk.add_argument("--datums", help="JSON list of the datum paths this task processes")
+    chunk.add_argument("--datums-from", help="SHA:START:STOP, a slice of the plan's pending list stored as blob SHA")
     parser.add_argument("--attempts", type=int, default=2, help="tries per datum before it counts as failed")
     parser.add_argument("--venv-cache", default=os.environ.get("TRAINYARD_VENV_CACHE"))
     phases.add_phase_arguments(parser)

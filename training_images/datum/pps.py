@@ -1,7 +1,7 @@
 """Pachyderm pipeline steps: run a spec's transform on each datum with /pfs/<input> and /pfs/out, then collect.
 
     python -m training_images.datum.pps process --pipeline NAME --spec SHA --inputs JSON [--code REPO:ID]
-        --version V --datums JSON
+        --version V (--datums JSON | --datums-from SHA:START:STOP)
     python -m training_images.datum.pps collect --pipeline NAME --spec SHA --inputs JSON [--code REPO:ID] --version V
 
 `process` runs transform.cmd once per datum of the chunk (transform.stdin on its stdin, transform.env and the
@@ -35,17 +35,18 @@ from training_images.usercode import user_env
 from trainyard import config, contract, pps
 from trainyard.datums import (
     Datum,
+    RecordWriter,
+    compact_records,
     datum_files,
     datum_key,
     datum_label,
-    has_record,
+    datum_records,
+    has_provenance,
     input_datums,
-    load_record,
+    load_records,
     pfs_datum_id,
     save_provenance,
-    save_record,
 )
-from trainyard.errors import NotFound
 from trainyard.records import DatumRecord, DatumStats, PpsJob, Provenance, ProvenanceFile
 from trainyard.store import parse_ref
 from trainyard.store.versioned import Commit, Store
@@ -190,7 +191,7 @@ class LazyInputs:
         try:
             if self._stopping:
                 return
-            data = self.store.get_blob_bytes(entry["sha256"])
+            data = self.store.read_entry(entry)
             with self._lock:
                 self.bytes_read += len(data)
             view = memoryview(data)
@@ -291,7 +292,7 @@ class Context:
 def _environment(store: Store, code: Commit, cache: str) -> Path:
     """The source bundle's virtualenv (its requirements.txt over this runner's packages), built once per hash."""
     entry = code.manifest.get(contract.REQUIREMENTS_FILE)
-    requirements = store.get_blob_bytes(entry["sha256"]) if entry else None
+    requirements = store.read_entry(entry) if entry else None
     target, _ = ensure_venv(cache, contract.requirements_sha(code.manifest), requirements, log=print)
     return target / "bin"
 
@@ -385,7 +386,7 @@ def process(args: argparse.Namespace) -> int:
     secrets = take_secrets()
     store = contract.store_from_env()
     job = load_job(store, args)
-    wanted = json.loads(args.datums)
+    wanted = _chunk(store, args)
     unknown = [d for d in wanted if d not in job.datums]
     if unknown:
         raise SystemExit(f"datums {', '.join(u[:12] for u in unknown[:5])} are not among pipeline {job.name}'s "
@@ -410,26 +411,30 @@ def process(args: argparse.Namespace) -> int:
         ctx = Context(store=store, job=job, code_dir=code_dir, env_bin=env_bin, work=work, secrets=secrets,
                       redact=redactor(secrets), pfs_root=pfs_root)
         mounts = _secret_files(secrets, work)
-        for datum_id in wanted:
-            datum = job.datums[datum_id]
-            if _processed(store, job, datum_id):
-                counts["skipped"] += 1
-                continue
-            outcome = process_datum(ctx, datum_id, datum, mounts)
-            record_outcome(store, job, datum_id, datum, outcome, counts, failures)
+        done = _processed(store, job)
+        with RecordWriter(store, job.dag_id, pps.TRANSFORM_STEP) as records:
+            for datum_id in wanted:
+                datum = job.datums[datum_id]
+                if datum_key(datum_id, job.version, {}) in done:
+                    counts["skipped"] += 1
+                    continue
+                outcome = process_datum(ctx, datum_id, datum, mounts)
+                record_outcome(store, records, job, datum_id, datum, outcome, counts, failures)
     return _report(job, counts, failures)
 
 
-def _processed(store: Store, job: Job, datum_id: str) -> bool:
-    return has_record(store, job.dag_id, pps.TRANSFORM_STEP, datum_key(datum_id, job.version, {}))
+def _processed(store: Store, job: Job) -> set[str]:
+    """The keys of the datums this pipeline has processed (a retried task skips them), in a few reads."""
+    return datum_records(store, job.dag_id, pps.TRANSFORM_STEP).keys()
 
 
-def record_outcome(store: Store, job: Job, datum_id: str, datum: Datum, outcome: dict, counts: dict,
-                   failures: list) -> None:
-    """Publish a processed datum's record (last: later runs skip on it) or note its failure; keep its stats."""
+def record_outcome(store: Store, records: RecordWriter, job: Job, datum_id: str, datum: Datum, outcome: dict,
+                   counts: dict, failures: list) -> None:
+    """Add a processed datum's record to the task's batch (published after its outputs: later runs skip on it) or
+    note its failure; keep its stats."""
     counts[outcome["status"]] += 1
     if outcome["status"] == "processed":
-        save_record(store, job.dag_id, pps.TRANSFORM_STEP, DatumRecord(
+        records.add(DatumRecord(
             datum=datum_label(datum), datum_id=datum_id, key=datum_key(datum_id, job.version, {}), code=job.version,
             inputs=_parts(datum), **{k: outcome[k] for k in ("outputs", "attempts", "seconds", "log")}))
     else:
@@ -485,12 +490,13 @@ def prepare(args: argparse.Namespace) -> int:
     (data / "tries").write_text(str(spec.datum_tries))
     (data / "timeout").write_text(str(int(datum_timeout or 0)))
     prepared = skipped = 0
-    for n, datum_id in enumerate(json.loads(args.datums)):
+    done = _processed(store, job)
+    for n, datum_id in enumerate(_chunk(store, args)):
         datum = job.datums.get(datum_id)
         if datum is None:
             raise SystemExit(f"datum {datum_id[:12]} is not among pipeline {job.name}'s datums; the inputs changed "
                              "since the plan, run it again")
-        if _processed(store, job, datum_id):
+        if datum_key(datum_id, job.version, {}) in done:
             skipped += 1
             continue
         folder = data / "datums" / f"{n:06d}"
@@ -519,33 +525,40 @@ def finish(args: argparse.Namespace) -> int:
     failures: list = []
     datum_timeout, _ = pps.timeouts(job.spec)
     prepared = {(folder / "id").read_text(): folder for folder in _datum_dirs(data)}
-    counts["skipped"] = len(json.loads(args.datums)) - len(prepared)
-    for datum_id, folder in prepared.items():
-        datum = job.datums[datum_id]
-        log = folder / "log"
-        log_sha = store.put_blob_bytes(log.read_bytes() if log.exists() else b"")
-        code = int((folder / "exit").read_text()) if (folder / "exit").exists() else -1
-        attempts = int((folder / "attempts").read_text()) if (folder / "attempts").exists() else 0
-        seconds = float((folder / "seconds").read_text()) if (folder / "seconds").exists() else 0.0
-        outcome = {"status": "failed", "attempts": attempts, "log": log_sha, "seconds": seconds}
-        if code == 0:
-            try:
-                uploads, linked = collect_outputs(folder / "out", datum_files(datum))
-                report = store.upload_files(uploads)
-            except DatumFailed as exc:
-                outcome["error"] = str(exc)
-            else:
-                outcome.update(status="processed", outputs=dict(sorted({**report.manifest, **linked}.items())),
-                               upload_bytes=report.bytes_uploaded)
-        elif code == -1:
-            outcome["error"] = "the transform's container ended before this datum ran (see its log)"
-        elif datum_timeout and code in TIMEOUT_CODES:
-            outcome["error"] = f"ran past datum_timeout {job.spec.datum_timeout} and was stopped"
-        else:
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-            outcome["error"] = (tail[0] if tail else "") or f"exit code {code}"
-        record_outcome(store, job, datum_id, datum, outcome, counts, failures)
+    counts["skipped"] = len(_chunk(store, args)) - len(prepared)
+    with RecordWriter(store, job.dag_id, pps.TRANSFORM_STEP) as records:
+        for datum_id, folder in prepared.items():
+            _finish_datum(store, records, job, datum_id, folder, datum_timeout, counts, failures)
     return _report(job, counts, failures)
+
+
+def _finish_datum(store: Store, records: RecordWriter, job: Job, datum_id: str, folder: Path, datum_timeout,
+                  counts: dict, failures: list) -> None:
+    """Upload one datum's log and what the transform wrote, and add its record to the task's batch."""
+    datum = job.datums[datum_id]
+    log = folder / "log"
+    log_sha = store.put_blob_bytes(log.read_bytes() if log.exists() else b"")
+    code = int((folder / "exit").read_text()) if (folder / "exit").exists() else -1
+    attempts = int((folder / "attempts").read_text()) if (folder / "attempts").exists() else 0
+    seconds = float((folder / "seconds").read_text()) if (folder / "seconds").exists() else 0.0
+    outcome = {"status": "failed", "attempts": attempts, "log": log_sha, "seconds": seconds}
+    if code == 0:
+        try:
+            uploads, linked = collect_outputs(folder / "out", datum_files(datum))
+            report = store.upload_files(uploads)
+        except DatumFailed as exc:
+            outcome["error"] = str(exc)
+        else:
+            outcome.update(status="processed", outputs=dict(sorted({**report.manifest, **linked}.items())),
+                           upload_bytes=report.bytes_uploaded)
+    elif code == -1:
+        outcome["error"] = "the transform's container ended before this datum ran (see its log)"
+    elif datum_timeout and code in TIMEOUT_CODES:
+        outcome["error"] = f"ran past datum_timeout {job.spec.datum_timeout} and was stopped"
+    else:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+        outcome["error"] = (tail[0] if tail else "") or f"exit code {code}"
+    record_outcome(store, records, job, datum_id, datum, outcome, counts, failures)
 
 
 # -- collect -----------------------------------------------------------------------------------------------------------
@@ -554,20 +567,30 @@ def collect(args: argparse.Namespace) -> int:
     job = load_job(store, args)
     merged: dict[str, dict] = {}
     origin: dict[str, tuple[str, str]] = {}
-    missing = []
-    for datum_id, datum in sorted(job.datums.items(), key=lambda kv: datum_label(kv[1])):
-        key = datum_key(datum_id, job.version, {})
-        try:
-            record = load_record(store, job.dag_id, pps.TRANSFORM_STEP, key)
-        except NotFound:  # the datum failed, or its task never ran
-            missing.append(datum_label(datum))
-            continue
-        for rel, entry in record.outputs.items():
-            if rel in merged and merged[rel]["sha256"] != entry["sha256"]:
-                raise SystemExit(f"datums {origin[rel][0]} and {datum_label(datum)} both wrote /pfs/out/{rel} with "
-                                 "different content; each datum must write its own paths (e.g. name outputs after "
-                                 "the input file)")
-            merged[rel], origin[rel] = entry, (datum_label(datum), key)
+    labels: dict[str, list[str]] = {}  # datum key -> the labels of the datums with that key
+    for datum_id, datum in job.datums.items():
+        labels.setdefault(datum_key(datum_id, job.version, {}), []).append(datum_label(datum))
+    recorded = datum_records(store, job.dag_id, pps.TRANSFORM_STEP)
+    located = recorded.locate(labels)
+    missing = sorted(label for key, named in labels.items() if key not in located for label in named)
+    migrated = []
+    # Records come batch by batch, in no datum order; the merge keeps what a walk in label order kept (the last
+    # label names a file that several datums wrote alike), so the commit and provenance do not depend on it.
+    with RecordWriter(store, job.dag_id, pps.TRANSFORM_STEP) as rewrite:
+        for record in load_records(store, recorded, located):
+            if located[record.key] is None:  # a per-datum record: kept in a batch from now on
+                rewrite.add(record)
+                migrated.append(record.key)
+            for label in labels[record.key]:
+                for rel, entry in record.outputs.items():
+                    seen = merged.get(rel)
+                    if seen is not None and seen["sha256"] != entry["sha256"]:
+                        first, second = sorted((origin[rel][0], label))
+                        raise SystemExit(f"datums {first} and {second} both wrote /pfs/out/{rel} with different "
+                                         "content; each datum must write its own paths (e.g. name outputs after the "
+                                         "input file)")
+                    if seen is None or label > origin[rel][0]:
+                        merged[rel], origin[rel] = entry, (label, record.key)
     if missing:
         print(f"{len(missing)} datum(s) have no output record: {'; '.join(missing[:5])}"
               f"{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
@@ -576,16 +599,19 @@ def collect(args: argparse.Namespace) -> int:
     over = ", ".join(f"{i['repo']}:{(i.get('commit') or 'empty')[:5]}" for i in job.inputs)
     commit = None
     if merged:
-        commit, _ = store.commit(job.name, merged, message=f"pipeline {job.name} job {job.job_id} over {over} "
-                                                           f"({len(job.datums)} datums)")
-        save_provenance(store, commit, Provenance(
-            pipeline=job.dag_id, step=pps.TRANSFORM_STEP, inputs=[i for i in job.inputs if i.get("commit")],
-            files={path: ProvenanceFile(datum=origin[path][0], key=origin[path][1]) for path in sorted(merged)}))
+        commit, created = store.commit(job.name, merged, message=f"pipeline {job.name} job {job.job_id} over "
+                                                                 f"{over} ({len(job.datums)} datums)")
+        if created or not has_provenance(store, commit):  # the same commit already has it
+            save_provenance(store, commit, Provenance(
+                pipeline=job.dag_id, step=pps.TRANSFORM_STEP, inputs=[i for i in job.inputs if i.get("commit")],
+                files={path: ProvenanceFile(datum=origin[path][0], key=origin[path][1]) for path in sorted(merged)}))
         print(f"{job.name}: {commit.ref} ({len(merged)} file(s) from {len(job.datums)} datum(s)"
               f"{'' if commit.id != before else ', unchanged'})", flush=True)
     else:
         print(f"{job.name}: {len(job.datums)} datum(s) wrote nothing to /pfs/out; no commit", flush=True)
     changed = commit is not None and commit.id != before
+    if merged:
+        compact_records(store, recorded, migrated)
     pps.save_job(store, PpsJob(pipeline=job.name, job=job.job_id, inputs=job.inputs,
                                output=commit.id if commit else None, changed=changed, datums=len(job.datums),
                                files=len(merged), version=job.version, time=time.time()))
@@ -594,18 +620,32 @@ def collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chunk_arguments(parser: argparse.ArgumentParser) -> None:
+    chunk = parser.add_mutually_exclusive_group(required=True)
+    chunk.add_argument("--datums", help="JSON list of the datum ids this task processes")
+    chunk.add_argument("--datums-from", help="SHA:START:STOP, a slice of the plan's pending list stored as blob SHA")
+
+
+def _chunk(store: Store, args: argparse.Namespace) -> list[str]:
+    """The task's datum ids: listed in argv, or a slice of the plan's pending list (a blob) for a large chunk."""
+    if args.datums_from:
+        sha, start, stop = args.datums_from.split(":")
+        return json.loads(store.get_blob_bytes(sha))[int(start):int(stop)]
+    return json.loads(args.datums)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training_images.datum.pps")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("process", help="run the transform on a chunk of datums")
     _arguments(run)
-    run.add_argument("--datums", required=True, help="JSON list of the datum ids this task processes")
+    _chunk_arguments(run)
     _arguments(sub.add_parser("collect", help="merge the datums' outputs into one commit of the output repo"))
     for name, what in (("prepare", "lay out a chunk's datums for the transform's own image (Kubernetes)"),
                        ("finish", "upload and record what the transform's image wrote (Kubernetes)")):
         step = sub.add_parser(name, help=what)
         _arguments(step)
-        step.add_argument("--datums", required=True, help="JSON list of the datum ids this task processes")
+        _chunk_arguments(step)
         step.add_argument("--data-dir", default=str(DATA_DIR), help="the pod volume the datums are laid out in")
         step.add_argument("--runtime-dir", default=str(RUNTIME_DIR), help="where the driver and busybox go")
     args = parser.parse_args(argv)

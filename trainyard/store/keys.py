@@ -51,8 +51,8 @@ PPS_STATE = "pps/state/"
 PPS_STATS = "pps/stats/"
 
 # Every top-level prefix the layout uses; tests/test_layering.py keeps them out of every other module.
-PREFIXES = (BLOBS.split("/")[0] + "/", TREES, REPOS, RUNS, LOGS, MODELS, REGISTRY, PIPELINE_SETTINGS, DATUMS, PROVENANCE,
-            "pps/")
+PREFIXES = (BLOBS.split("/")[0] + "/", TREES, REPOS, RUNS, LOGS, MODELS, REGISTRY, PIPELINE_SETTINGS, DATUMS,
+            PROVENANCE, "pps/")
 
 JSON = ".json"
 MISSING = ".missing"
@@ -220,8 +220,57 @@ def pipeline_settings(pipeline: str, name: str) -> str:
 
 # -- datum steps ---------------------------------------------------------------------------------------------------
 def datum_record(pipeline: str, step: str, key: str) -> str:
-    """A processed datum's record; its existence is what makes a later run skip the datum."""
-    return f"{DATUMS}{pipeline}/{step}/{key}{JSON}"
+    """A processed datum's own record, as trainyard wrote one per datum before batches; still read, never written."""
+    return datum_step_prefix(pipeline, step) + f"{key}{JSON}"
+
+
+def datum_step_prefix(pipeline: str, step: str) -> str:
+    """Everything a datum step recorded: its batches, their key lists, the compacted indexes, per-datum records."""
+    return f"{DATUMS}{pipeline}/{step}/"
+
+
+def datum_batch(pipeline: str, step: str, batch_id: str) -> str:
+    """The records of the datums one task processed (one object, not one per datum)."""
+    return datum_step_prefix(pipeline, step) + f"batches/{batch_id}{JSON}"
+
+
+def datum_batch_keys_prefix(pipeline: str, step: str) -> str:
+    return datum_step_prefix(pipeline, step) + "keys/"
+
+
+def datum_batch_keys(pipeline: str, step: str, batch_id: str) -> str:
+    """A batch's datum keys, written after the batch: its existence is what makes a later run skip those datums."""
+    return datum_batch_keys_prefix(pipeline, step) + f"{batch_id}{JSON}"
+
+
+def datum_index_prefix(pipeline: str, step: str) -> str:
+    return datum_step_prefix(pipeline, step) + "index/"
+
+
+def datum_index(pipeline: str, step: str, generation: int, index_id: str) -> str:
+    """A compacted index of batch keys (and per-datum records); names sort by generation, so the last is newest."""
+    return datum_index_prefix(pipeline, step) + f"{generation:012d}-{index_id}{JSON}"
+
+
+def datum_index_generation(key: str) -> int:
+    """The generation of a key made by datum_index()."""
+    return int(key.rsplit("/", 1)[1].split("-", 1)[0])
+
+
+def datum_part(key: str, pipeline: str, step: str) -> tuple[str, str] | None:
+    """What a key under datum_step_prefix() is: ("batch" | "keys" | "index" | "record", its id or datum key)."""
+    rest = key[len(datum_step_prefix(pipeline, step)):]
+    if not key.startswith(datum_step_prefix(pipeline, step)) or not rest.endswith(JSON):
+        return None
+    folder, _, name = rest.removesuffix(JSON).rpartition("/")
+    kinds = {"batches": "batch", "keys": "keys", "index": "index", "": "record"}
+    return (kinds[folder], name) if folder in kinds and name else None
+
+
+def datum_steps_of(key: str) -> tuple[str, str] | None:
+    """(pipeline, step) of any key under DATUMS made by the functions above."""
+    parts = key[len(DATUMS):].split("/") if key.startswith(DATUMS) else []
+    return (parts[0], parts[1]) if len(parts) >= 3 else None
 
 
 def provenance(repo: str, commit_id: str) -> str:
