@@ -44,8 +44,8 @@ def test_every_module_opens_with_a_docstring():
 
 SOURCE_DIRS = ("trainyard", "operators", "training_images", "plugins", "dags")
 # The store's top-level key prefixes; only trainyard/store/keys.py may spell them.
-KEY_PREFIXES = ("blobs/", "trees/", "repos/", "runs/", "logs/", "models/", "registry/", "pipelines/", "datums/", "provenance/",
-                "pps/")
+KEY_PREFIXES = ("blobs/", "trees/", "repos/", "runs/", "logs/", "models/", "registry/", "pipelines/", "datums/",
+                "provenance/", "pps/")
 # A prefix at the start of a string, or after a space, quote or backtick (not inside a URI like trainyard://repos/).
 _KEY_LITERAL = re.compile(r"(?:^|[\s`'\"(])(?:" + "|".join(re.escape(p) for p in KEY_PREFIXES) + ")")
 

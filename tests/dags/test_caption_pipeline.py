@@ -72,7 +72,7 @@ def test_caption_pipeline_processes_only_new_datums(airflow_db, tmp_path, monkey
     assert predicted["state"] == "success"
     out = store.resolve("predictions")
     assert sorted(out.manifest) == ["heldout_0000.png.txt"]
-    caption = store.get_blob_bytes(out.manifest["heldout_0000.png.txt"]["sha256"]).decode().strip()
+    caption = store.read_entry(out.manifest["heldout_0000.png.txt"]).decode().strip()
     expected = next(line.split("\t")[0] for line in (CAPTIONING / "data/heldout/captions.tsv").read_text().splitlines()
                     if "heldout_0000.png" in line)
     assert caption.startswith("a ") and caption.split()[1] in ("red", "green", "blue", "yellow")

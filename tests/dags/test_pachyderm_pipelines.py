@@ -53,7 +53,7 @@ def _plan(dag_id: str, run_id: str) -> dict:
 
 
 def _json(store, repo: str, path: str):
-    return json.loads(store.get_blob_bytes(store.resolve(repo).manifest[path]["sha256"]))
+    return json.loads(store.read_entry(store.resolve(repo).manifest[path]))
 
 
 def test_the_captioning_specs_match_caption_pipeline_and_predict_through_the_cross(
@@ -114,7 +114,7 @@ def test_the_captioning_specs_match_caption_pipeline_and_predict_through_the_cro
                                   {k: v for k, v in os.environ.items() if k.startswith("AIRFLOW")})
     out = store.resolve("predict")
     assert sorted(out.manifest) == ["heldout_0000.png.txt"]
-    caption = store.get_blob_bytes(out.manifest["heldout_0000.png.txt"]["sha256"]).decode().strip()
+    caption = store.read_entry(out.manifest["heldout_0000.png.txt"]).decode().strip()
     assert caption.startswith("a ") and caption.split()[1] in ("red", "green", "blue", "yellow")
     capsys.readouterr()
     assert main(["info", "--file", "predict:heldout_0000.png.txt", "--json"]) == 0

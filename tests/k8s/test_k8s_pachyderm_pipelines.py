@@ -53,7 +53,7 @@ def _wait_for_output(store, files: set[str], timeout: float = 300) -> dict:
 
 
 def _text(store, manifest: dict, path: str) -> str:
-    return store.get_blob_bytes(manifest[path]["sha256"]).decode().strip()
+    return store.read_entry(manifest[path]).decode().strip()
 
 
 def test_transform_image_runs_as_is_per_datum_without_the_stores_keys(k8s_profile, kube, store, tmp_path, capsys):

@@ -222,9 +222,9 @@ def test_a_put_runs_the_chain_incrementally_and_a_downstream_pipeline_waits_for_
     err = capsys.readouterr().err
     assert "pipeline upper: success" in err and "pipeline count: success" in err
     store = open_store(uri)
-    out = {p: store.get_blob_bytes(e["sha256"]) for p, e in store.resolve("upper").manifest.items()}
+    out = {p: store.read_entry(e) for p, e in store.resolve("upper").manifest.items()}
     assert out == {f"w{i}.txt": f"WORD {i}\nLINE TWO\n".encode() for i in range(3)}
-    assert store.get_blob_bytes(store.resolve("count").manifest["lines"]["sha256"]).strip() == b"6"
+    assert store.read_entry(store.resolve("count").manifest["lines"]).strip() == b"6"
     capsys.readouterr()
     assert main(["pipeline", "datums", "upper", "--json"]) == 0  # enable_stats: each datum's state and timing
     stats = json.loads(capsys.readouterr().out)
@@ -240,8 +240,8 @@ def test_a_put_runs_the_chain_incrementally_and_a_downstream_pipeline_waits_for_
     jobs = {d["pipeline"]: d for d in (store.get_json(keys.pps_state(n)) for n in ("upper", "count"))}
     plan = _xcom("pps_upper", jobs["upper"]["job"], "plan")
     assert (plan["datums"], plan["pending"], plan["skipped"], plan["tasks"]) == (4, 1, 3, 1)
-    assert store.get_blob_bytes(store.resolve("count").manifest["lines"]["sha256"]).strip() == b"7"
-    assert store.get_blob_bytes(store.resolve("count").manifest["words"]["sha256"]).strip() == b"4"
+    assert store.read_entry(store.resolve("count").manifest["lines"]).strip() == b"7"
+    assert store.read_entry(store.resolve("count").manifest["words"]).strip() == b"4"
 
     # words moves on but upper has not run yet: count, started on its own, waits instead of mixing the two
     (tmp_path / "w4.txt").write_text("word 4\n")

@@ -30,7 +30,7 @@ def test_data_put_splits_and_prints_ref_and_datums(uri, captions, capsys):
     assert capsys.readouterr().out == f"rawdata:{commit.id[:5]}  3 datum(s)\n"
     assert commit.message == "captions"
     assert sorted(commit.manifest) == [f"captions.tsv/{i:016d}" for i in range(3)]
-    last = open_store(uri).get_blob_bytes(commit.manifest["captions.tsv/0000000000000002"]["sha256"])
+    last = open_store(uri).read_entry(commit.manifest["captions.tsv/0000000000000002"])
     assert last == b"url\tcaption\nhttp://x/8.png\tcat 8\nhttp://x/9.png\tcat 9\n"
 
 
@@ -39,7 +39,7 @@ def test_data_put_json_output_and_whole_file(uri, captions, capsys):
     out = json.loads(capsys.readouterr().out)
     commit = open_store(uri).resolve("rawdata")
     assert out == {"repo": "rawdata", "commit": commit.id, "ref": f"rawdata:{commit.id[:5]}", "datums": 1, "files": 1}
-    assert open_store(uri).get_blob_bytes(commit.manifest["in/c.tsv"]["sha256"]) == captions.read_bytes()
+    assert open_store(uri).read_entry(commit.manifest["in/c.tsv"]) == captions.read_bytes()
 
 
 @pytest.mark.parametrize(

@@ -87,8 +87,8 @@ def test_the_captioning_specs_run_on_the_server_started_by_data_commits(airflow_
 
         state = _wait_for("the model trained on the put", model_trained_on_this_put, client)
         chained, started = time.monotonic() - started, time.monotonic()
-        metrics = json.loads(store.get_blob_bytes(store.get_commit("model", state["output"])
-                                                  .manifest["metrics/metrics.json"]["sha256"]))
+        metrics = json.loads(store.read_entry(store.get_commit("model", state["output"])
+                                                  .manifest["metrics/metrics.json"]))
         assert metrics["exact_match"] > metrics["chance_exact_match"] + 0.3
         assert len(store.resolve("images").manifest) == 100
         # nobody triggered anything: every run of the chain was started by an Asset event
@@ -112,7 +112,7 @@ def test_the_captioning_specs_run_on_the_server_started_by_data_commits(airflow_
             return manifest.get("heldout_0000.png.txt")
 
         entry = _wait_for("a caption for heldout_0000.png", captioned, client, timeout=240)
-        caption = store.get_blob_bytes(entry["sha256"]).decode().strip()
+        caption = store.read_entry(entry).decode().strip()
         print(f"\nserver: create until live {created:.0f} s, put -> model {chained:.0f} s, put -> caption "
               f"{time.monotonic() - started:.0f} s; exact_match {metrics['exact_match']}, caption {caption!r}")
         assert caption.startswith("a ") and caption.split()[1] in ("red", "green", "blue", "yellow")

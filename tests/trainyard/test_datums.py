@@ -23,7 +23,7 @@ from trainyard.datums import (
     split_json,
     split_lines,
 )
-from trainyard.store import open_store
+from trainyard.store import keys as store_layout, open_store
 
 
 def _lines(start: int, stop: int) -> bytes:
@@ -106,7 +106,7 @@ def test_put_file_split_twice_is_one_commit_and_an_extension_adds_one_datum(stor
     first, datums = put_file(store, "rawdata", src, split="line", target_file_datums=5, header=False)
     assert datums == 20
     assert sorted(first.manifest) == [f"captions.tsv/{i:016d}" for i in range(20)]
-    assert store.get_blob_bytes(first.manifest["captions.tsv/0000000000000003"]["sha256"]) == _lines(15, 20)
+    assert store.read_entry(first.manifest["captions.tsv/0000000000000003"]) == _lines(15, 20)
 
     keys = store_keys(store)
     again, datums = put_file(store, "rawdata", src, split="line", target_file_datums=5, header=False)
@@ -119,9 +119,11 @@ def test_put_file_split_twice_is_one_commit_and_an_extension_adds_one_datum(stor
     assert datums == 21 and len(third.manifest) == 21
     assert third.parent == first.id
     assert {k: v for k, v in third.manifest.items() if k != "captions.tsv/0000000000000020"} == first.manifest
-    assert store.get_blob_bytes(third.manifest["captions.tsv/0000000000000020"]["sha256"]) == _lines(100, 105)
+    assert store.read_entry(third.manifest["captions.tsv/0000000000000020"]) == _lines(100, 105)
     new_blobs = {k for k in store_keys(store) - keys if k.startswith("blobs/")}
-    assert new_blobs == {store.blob_key(_sha(_lines(100, 105)))}  # only the new datum was uploaded
+    # Only the new datum was uploaded: one new pack, which holds just its bytes.
+    assert new_blobs == {store_layout.pack(_sha(_lines(100, 105)))}
+    assert third.manifest["captions.tsv/0000000000000020"]["pack"] == _sha(_lines(100, 105))
 
 
 def test_put_file_keeps_other_files_and_replaces_its_own_path(store, tmp_path):
@@ -131,8 +133,11 @@ def test_put_file_keeps_other_files_and_replaces_its_own_path(store, tmp_path):
     put_file(store, "raw", a)
     split, datums = put_file(store, "raw", b, split="line", target_file_datums=2, header=True, path="/tables/b.tsv")
     assert datums == 2
-    assert split.manifest == {"a.txt": _entry(b"hello\n"), "tables/b.tsv/0000000000000000": _entry(b"h\n1\n2\n"),
-                              "tables/b.tsv/0000000000000001": _entry(b"h\n3\n")}
+    # The datums share one pack; each keeps its own sha256 and size.
+    assert {p: {"sha256": e["sha256"], "size": e["size"]} for p, e in split.manifest.items()} == {
+        "a.txt": _entry(b"hello\n"), "tables/b.tsv/0000000000000000": _entry(b"h\n1\n2\n"),
+        "tables/b.tsv/0000000000000001": _entry(b"h\n3\n")}
+    assert [split.manifest[f"tables/b.tsv/000000000000000{i}"]["offset"] for i in (0, 1)] == [0, 6]
     whole, datums = put_file(store, "raw", b, path="tables/b.tsv", message="unsplit")
     assert datums == 1 and whole.message == "unsplit"
     assert whole.manifest == {"a.txt": _entry(b"hello\n"), "tables/b.tsv": _entry(b"h\n1\n2\n3\n")}
