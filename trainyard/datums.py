@@ -263,14 +263,19 @@ def glob_datums(manifest: dict[str, dict], pattern: str) -> dict[str, dict]:
 
 def _glob_datums(manifest: dict[str, dict], glob: _Glob) -> dict[str, dict]:
     found: dict[str, dict] = {}
+    segments, match = glob.segments, glob.regex.fullmatch
     for key in sorted(manifest):
-        parts = key.strip("/").split("/")
-        if len(parts) < glob.segments or (glob.dirs_only and len(parts) == glob.segments):
+        # maxsplit: only the first `segments` parts are matched, whatever the depth below them
+        parts = key.strip("/").split("/", segments)
+        if len(parts) < segments or (glob.dirs_only and len(parts) == segments):
             continue
-        prefix = "/".join(parts[:glob.segments])
-        if glob.regex.fullmatch(prefix):
-            found.setdefault(f"/{prefix}", {})[key] = manifest[key]
-    return dict(sorted(found.items()))
+        prefix = "/".join(parts[:segments]) if len(parts) > segments else key.strip("/")
+        if match(prefix):
+            datum = found.get(prefix)
+            if datum is None:
+                datum = found[prefix] = {}
+            datum[key] = manifest[key]
+    return {f"/{prefix}": files for prefix, files in sorted(found.items())}
 
 
 def datum_id(sub_manifest: dict[str, dict]) -> str:
@@ -288,7 +293,8 @@ def datum_id(sub_manifest: dict[str, dict]) -> str:
         (key, entry), = sub_manifest.items()
         name = key.strip("/").rsplit("/", 1)[-1]
         if plain_json_strings([name]):
-            return sha256_bytes(f'{{"{name}":{{"sha256":"{entry["sha256"]}","size":{int(entry["size"])}}}}}'.encode())
+            text = f'{{"{name}":{{"sha256":"{entry["sha256"]}","size":{int(entry["size"])}}}}}'
+            return hashlib.sha256(text.encode()).hexdigest()
     split = {key: key.strip("/").split("/") for key in sub_manifest}
     dirs = [parts[:-1] for parts in split.values()]
     common = 0
@@ -720,9 +726,15 @@ def work_units(inputs: list[DatumInput], combine: str = "single") -> dict[str, d
     sides, so a unit is processed again exactly when either side's content changes.
     """
     check_combine(combine, len(inputs))
+    with paused_gc():
+        return _work_units(inputs, combine)
+
+
+def _work_units(inputs: list[DatumInput], combine: str) -> dict[str, dict[str, Any]]:
     datums = [glob_datums(i.manifest, i.glob) for i in inputs]
     if combine == "single":
-        return {path: {"files": files, "id": datum_id(files)} for path, files in sorted(datums[0].items())}
+        # glob_datums returns its datums sorted
+        return {path: {"files": files, "id": datum_id(files)} for path, files in datums[0].items()}
     left, right = inputs
 
     def files_of(side: DatumInput, side_datums: dict, path: str | None) -> dict:

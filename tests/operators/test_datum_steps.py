@@ -143,7 +143,8 @@ def test_a_datum_step_processes_only_new_datums_and_retries_a_failed_one_alone(a
     assert json.loads(json.dumps(store.resolve("upper-out").manifest))  # committed, readable
 
 
-def _plan(uri: str, step: str = "upper") -> tuple[dict, list[dict]]:
+def _plan(uri: str, step: str = "upper", *, code_repo: str | None = None,
+          transform: str = "builtin:fetch-urls") -> tuple[dict, list[dict]]:
     """Run a datum step's plan as its task does, outside a DAG run: (the plan XCom, the chunks it maps over)."""
     from types import SimpleNamespace
 
@@ -151,7 +152,7 @@ def _plan(uri: str, step: str = "upper") -> tuple[dict, list[dict]]:
 
     pushed: dict = {}
     plan = PlanDatumsOperator(task_id=f"{step}_plan", step=step, inputs=[{"repo": "rawdata", "glob": "/captions.tsv/*"}],
-                              code_repo=None, transform="builtin:fetch-urls", store_uri=uri, max_tasks=8)
+                              code_repo=code_repo, transform=transform, store_uri=uri, max_tasks=8)
     chunks = plan.execute({"dag": SimpleNamespace(dag_id="scale"),
                            "ti": SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))})
     return pushed["plan"], chunks
@@ -226,3 +227,76 @@ def test_a_re_run_after_changing_ten_of_20000_datums_plans_exactly_those_ten_in_
     assert all("datums" in c for c in chunks)  # ten datums go in the chunks themselves
     on_records = [r for r in requests if r.split()[1].startswith("datums/")]
     assert len(on_records) <= 12, on_records  # listings and key lists: not one request per datum (20,000)
+
+
+SCALE_DAG_FILE = """
+import pendulum
+from airflow.sdk import DAG
+
+from operators.datums import datum_step
+
+with DAG("scale", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False) as dag:
+    datum_step("upper", inputs=[{"repo": "rawdata", "glob": "/captions.tsv/*"}], code_repo="steps",
+               transform="upper/transform", output_repo="upper-out", max_tasks=8)
+"""
+
+
+def _metadata_bytes(root) -> dict[str, int]:
+    """Every commit, branch and tree object of a file:// store, by path, with its size (no blobs, no packs)."""
+    return {str(path.relative_to(root)): path.stat().st_size for top in ("trees", "repos")
+            for path in (root / top).rglob("*") if path.is_file() and not path.name.endswith(".lock")}
+
+
+@pytest.mark.e2e
+def test_a_ten_line_append_to_100000_datums_writes_under_1pct_metadata_and_the_step_processes_only_it(
+        airflow_db, tmp_path, monkeypatch):
+    root = tmp_path / "store"
+    uri = f"file://{root}"
+    monkeypatch.setenv("TRAINYARD_STORE", uri)
+    monkeypatch.setenv("FLAKY_MARKER", str(tmp_path / "flaky"))
+    store = open_store(uri)
+    code = tmp_path / "transform"
+    code.write_text(TRANSFORM)
+    store.commit("steps", store.upload_files({"upper/transform": code}).manifest)
+
+    captions = tmp_path / "captions.tsv"
+    with open(captions, "w") as fh:
+        for block in range(0, 1_000_000, 100_000):
+            fh.write("".join(f"caption {i}: a person rides a wave at dusk\n" for i in range(block, block + 100_000)))
+    first, datums = put_file(store, "rawdata", captions, split="line", target_file_datums=10)
+    assert datums == 100_000
+    before = _metadata_bytes(root)
+
+    # A first run processed every datum: recorded through the real record writer, with the keys the plan makes.
+    plan, chunks = _plan(uri, code_repo="steps", transform="upper/transform")
+    assert (plan["datums"], plan["pending"]) == (100_000, 100_000)
+    _mark_processed(store, plan, chunks)
+
+    with open(captions, "a") as fh:
+        fh.write("".join(f"caption {i}: appended\n" for i in range(1_000_000, 1_000_010)))
+    second, datums = put_file(store, "rawdata", captions, split="line", target_file_datums=10)
+    assert datums == 100_001 and second.parent == first.id
+    after = _metadata_bytes(root)
+    written = sum(size for key, size in after.items() if before.get(key) != size)
+    assert written < 0.01 * sum(before.values()), (written, sum(before.values()))
+
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "scale.py").write_text(SCALE_DAG_FILE)
+    local = "airflow.dag_processing.bundles.local.LocalDagBundle"
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([
+        {"name": "dags-folder", "classpath": local, "kwargs": {}},
+        {"name": "scale-test", "classpath": local, "kwargs": {"path": str(dags)}}]))
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(dags / "scale.py"))
+    assert bag.import_errors == {}
+    run = bag.dags["scale"].test()
+    assert run.state == "success"
+    planned = _xcoms("scale", run.run_id, "upper_plan")[(-1, "plan")]
+    assert (planned["datums"], planned["pending"], planned["skipped"], planned["tasks"]) == (100_001, 1, 100_000, 1)
+    (only,) = [v for (_, key), v in _xcoms("scale", run.run_id, "upper").items() if key == "return_value"]
+    assert only["processed"] == 1 and [d["datum"] for d in only["datums"]] == [f"/captions.tsv/{100_000:016d}"]
+    out = store.resolve("upper-out").manifest
+    assert len(out) == 100_001
+    assert store.read_entry(out[f"captions.tsv_{100_000:016d}.txt"]).startswith(b"CAPTION 1000000: APPENDED")

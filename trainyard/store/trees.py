@@ -40,7 +40,7 @@ _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
 
 def plain_json_strings(texts: list[str]) -> bool:
     """Whether json.dumps (ensure_ascii=False) writes every text exactly as itself between quotes."""
-    return _NEEDS_ESCAPE.search("".join(texts)) is None
+    return _NEEDS_ESCAPE.search(texts[0] if len(texts) == 1 else "".join(texts)) is None
 
 
 @contextlib.contextmanager
