@@ -48,10 +48,13 @@ bench: setup
 	$(PY) bench/pipeline
 	$(PY) bench/cache
 	$(PY) bench/sweep
+	$(PY) bench/sweep --local
 	$(PY) bench/datums
 	$(PY) bench/ingest
 	$(PY) bench/server
 	$(PY) bench/k8s
+	$(PY) bench/scale
+	$(PY) bench/peers
 
 clean:
 	rm -rf $(AIRFLOW_HOME) .pytest_cache
