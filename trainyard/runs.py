@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import subprocess
-import sys
-import tempfile
 from typing import Any
 
-from trainyard import contract
-from trainyard.errors import NotFound, StepError
+from trainyard.errors import NotFound
 from trainyard.options import RunOptions
 from trainyard.records import RunPlan, RunRecord, TrainedModel, TrainFailure
 from trainyard.store import keys
@@ -102,42 +96,6 @@ def nth_run(store: Store, pipeline: str, index: int) -> RunRecord:
     if not 0 <= index < len(found):
         raise NotFound(f"no run #{index} of {pipeline}: there are {len(found)} run(s); see `trainyard list`")
     return found[index]
-
-
-# -- a run whose every model is cached, recorded without Airflow (`trainyard deploy`) --------------------------------
-CACHED_RUN_PREFIX = "cached__"
-# The register step's task id and map index in the log key: the same place a pipeline run's register log lives.
-REGISTER_TASK = "register"
-
-
-def cached_run_id(now: dt.datetime | None = None) -> str:
-    """A run id for a run recorded without Airflow, shaped like Airflow's manual run ids (it sorts with them)."""
-    now = now or dt.datetime.now(dt.UTC)
-    return f"{CACHED_RUN_PREFIX}{now.isoformat()}"
-
-
-def record_cached_run(store: Store, plan: RunPlan, *, store_env: dict[str, str] | None = None) -> RunRecord:
-    """Record a run whose every combination is a cache hit without starting a pipeline: save its plan and run the
-    register step on it, as the pipeline's last task would (its argv, in a subprocess: one implementation of model
-    reuse, registry versions and `_results.json`). Its output is kept as the run's register log.
-
-    store_env: what the step needs to open the store (TRAINYARD_STORE and, for s3://, AWS_* credentials).
-    """
-    save_plan(store, plan)
-    with tempfile.TemporaryDirectory(prefix="trainyard-register-") as tmp:
-        env = {**os.environ, **(store_env or {}), contract.STORE_ENV: store.uri,
-               contract.RESULT_PATH_ENV: os.path.join(tmp, "return.json"), "PYTHONUNBUFFERED": "1",
-               "TRAINYARD_DAG_ID": plan.pipeline, "TRAINYARD_RUN_ID": plan.run_id}
-        proc = subprocess.run([sys.executable, "-m", "training_images.register", "--pipeline", plan.pipeline,
-                               "--run-id", plan.run_id], cwd=tmp, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, check=False)
-    store.put_bytes(keys.log(plan.pipeline, plan.run_id, REGISTER_TASK, -1, 1), proc.stdout)
-    results = read_results(store, plan.pipeline, plan.run_id)
-    if results is None:
-        lines = [line for line in proc.stdout.decode(errors="replace").splitlines() if line.strip()]
-        raise StepError(f"recording cached run {plan.run_id} failed: the register step exited with code "
-                        f"{proc.returncode}: {lines[-1] if lines else 'no output'}")
-    return results
 
 
 # -- settings a pipeline remembers per source repo -----------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from trainyard import remote, runs, userconfig
+from trainyard import register, remote, runs
 from trainyard.bundles import DataBundle, SourceBundle, deploy_bundle
 from trainyard.cli.context import Session, embedded_airflow_env, json_object_arg
 from trainyard.cli.data import ingest_manifest, load_manifest, manifest_repo
@@ -166,15 +166,6 @@ def deploy(
     return _report_run(run, result, session.json)
 
 
-def _store_env(uri: str) -> dict[str, str]:
-    """The S3 credentials and endpoint `trainyard init` saved, as the variables a step reads (env ones pass as is)."""
-    if not uri.startswith("s3://"):
-        return {}
-    names = {"aws_access_key_id": "AWS_ACCESS_KEY_ID", "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
-             "endpoint_url": "AWS_ENDPOINT_URL"}
-    return {names[k]: v for k, v in userconfig.store_client_kwargs().items() if k in names and v}
-
-
 def _cached_run(store: Store, settings, inputs: RunInputs, options: RunOptions) -> dict | None:
     """Plan the run as train_pipeline's resolve step would (trainyard.plan, the same function); when every
     combination's model is already in the store, record the run (plan, register step, `_results.json`) without
@@ -182,7 +173,7 @@ def _cached_run(store: Store, settings, inputs: RunInputs, options: RunOptions) 
     if options.no_cache:
         return None
     warnings: list[str] = []  # said only when this is the run: otherwise the resolve step says them in its log
-    planned = plan_run(store, settings, pipeline=PIPELINE, run_id=runs.cached_run_id(), source=inputs.source,
+    planned = plan_run(store, settings, pipeline=PIPELINE, run_id=register.cached_run_id(), source=inputs.source,
                        source_ref=inputs.source_ref, data=inputs.data, data_ref=inputs.data_ref, options=options,
                        warn=warnings.append)
     if not planned.all_cached:
@@ -190,7 +181,7 @@ def _cached_run(store: Store, settings, inputs: RunInputs, options: RunOptions) 
     for line in warnings:
         say(line)
     planned.remember(store)
-    results = runs.record_cached_run(store, planned.plan, store_env=_store_env(store.uri))
+    results = register.record_cached_run(store, planned.plan)
     say(f"every model is already trained ({planned.cached} cache hit(s)): recorded run {planned.plan.run_id} "
         "without starting a pipeline")
     return {"run_id": planned.plan.run_id, "state": None, "results": results}  # no Airflow run: no Airflow state
