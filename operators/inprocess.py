@@ -13,7 +13,6 @@ their steps die with the children. Task states, start and end dates and XComs la
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -24,13 +23,13 @@ from pathlib import Path
 
 from operators import drivers
 from operators.hooks import StoreHook
+from operators.step import die_with_parent
 from trainyard import runs
 from trainyard.errors import StepError
 from trainyard.store import check_store
 
 DAGS_DIR = Path(__file__).resolve().parents[1] / "dags"
 log = logging.getLogger(__name__)
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # How often the driver looks at its running children, and at a run that waits (a retry delay, say).
 POLL_SECONDS = 0.05
 IDLE_SECONDS = 0.5
@@ -243,15 +242,6 @@ def _execution_api_app():
     return app
 
 
-def _die_with_driver(parent: int) -> None:
-    """In a child, first thing after fork: SIGKILL it when the driver's thread that forked it dies (a killed
-    `trainyard deploy`, even SIGKILL), and leave at once if the driver is already gone."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the driver died before prctl took effect
-        os._exit(137)
-
-
 def _in_child(app) -> None:
     """After fork, in the child: the signals the driver expects, and a database connection and an execution API
     loop of its own (the driver's are not safe to share; its API's event-loop thread does not exist here)."""
@@ -292,7 +282,7 @@ def _start_child(ti, task, app, parent: int) -> tuple[int, threading.Thread]:
         return pid, pump
     code = 1
     try:
-        _die_with_driver(parent)
+        die_with_parent(parent)  # first thing after fork
         os.close(read_end)
         sys.stdout = sys.stderr = os.fdopen(write_end, "w", buffering=1, errors="replace")
         _in_child(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -92,12 +93,13 @@ def _await_group_exit(pgid: int, grace: float) -> None:
     _signal_group(pgid, signal.SIGKILL)
 
 
-def _die_with_parent() -> None:
-    """In the step's child, before exec: SIGKILL it when the thread that started it dies, so a killed `trainyard
-    deploy` (SIGKILL, no handler runs) takes its training with it instead of leaving it to run unsupervised."""
+def die_with_parent(parent: int) -> None:
+    """In a child (a step before exec, or a forked task process): SIGKILL it when the thread that started it dies,
+    so a killed `trainyard deploy` (SIGKILL, no handler runs) takes its training with it instead of leaving it to
+    run unsupervised; and leave at once if `parent` is already gone (it died before prctl took effect)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    if os.getppid() != parent:
         os._exit(137)
 
 
@@ -604,7 +606,7 @@ class TrainyardStepOperator(PodStepMixin, StepOptionsMixin, StoreLogsMixin, Kube
                 env = {**env, "TRAINYARD_DEADLINE": str(time.time() + timeout)}
             with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, bufsize=1, start_new_session=True,
-                                  preexec_fn=_die_with_parent) as proc:
+                                  preexec_fn=functools.partial(die_with_parent, os.getpid())) as proc:
                 self._proc = proc
 
                 def expire() -> None:
