@@ -6,6 +6,7 @@ import contextlib
 import functools
 import http.server
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -15,7 +16,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-_SESSION_HOME = Path(tempfile.mkdtemp(prefix="trainyard-tests-"))
+
+# pytest imports this file as `conftest`, and a test's `from tests.conftest import ...` imports it a second time as
+# `tests.conftest`: both must set up the same home, or Airflow, already configured by the first, reads one
+# metadata DB while the CLI processes a later test starts write to the other. One home per pytest process.
+_owner, _, _home = os.environ.get("TRAINYARD_TESTS_HOME", "").partition(":")
+_SESSION_HOME = Path(_home) if _owner == str(os.getpid()) else Path(tempfile.mkdtemp(prefix="trainyard-tests-"))
+os.environ["TRAINYARD_TESTS_HOME"] = f"{os.getpid()}:{_SESSION_HOME}"
 
 # Before anything imports Airflow: point it at this checkout's airflow.cfg and a private home, so tests never
 # touch the developer's own store, venvs or metadata database.
@@ -164,6 +171,15 @@ def static_server(directory: Path) -> http.server.ThreadingHTTPServer:
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
     handler.log_message = lambda *a, **k: None
     return http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+
+
+@pytest.fixture
+def sleepy(tmp_path):
+    """The sleepy-train bundle and its data, copied out of the checkout: its train sleeps $SLEEPY_SECONDS."""
+    src, data = tmp_path / "src", tmp_path / "data"
+    shutil.copytree(REPO / "tests" / "fixtures" / "sleepy-train", src)
+    shutil.copytree(REPO / "tests" / "fixtures" / "sleepy-train-data", data)
+    return src, data
 
 
 def store_keys(store) -> set[str]:

@@ -4,7 +4,6 @@ command, and a step enforces its own timeout where it runs."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,8 +16,6 @@ import pytest
 from tests.conftest import REPO
 from trainyard.store import open_store
 
-FIXTURE = REPO / "tests" / "fixtures"
-
 
 def _processes_with(token: str) -> list[int]:
     """Pids of the processes whose environment carries token (the CLI's children inherit it)."""
@@ -30,14 +27,6 @@ def _processes_with(token: str) -> list[int]:
         except OSError:
             pass
     return found
-
-
-@pytest.fixture
-def sleepy(tmp_path):
-    src, data = tmp_path / "src", tmp_path / "data"
-    shutil.copytree(FIXTURE / "sleepy-train", src)
-    shutil.copytree(FIXTURE / "sleepy-train-data", data)
-    return src, data
 
 
 def _cli(*args: str) -> list[str]:

@@ -6,27 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO
 from trainyard import runs
 from trainyard.store import keys, open_store
 
 pytestmark = pytest.mark.e2e
-FIXTURE = REPO / "tests" / "fixtures"
 GRID = '{"run": [1, 2]}'
-
-
-@pytest.fixture
-def sleepy(tmp_path):
-    src, data = tmp_path / "src", tmp_path / "data"
-    shutil.copytree(FIXTURE / "sleepy-train", src)
-    shutil.copytree(FIXTURE / "sleepy-train-data", data)
-    return src, data
 
 
 def _cli(*args: str) -> dict | list:
