@@ -8,7 +8,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
@@ -594,6 +594,38 @@ def load_records(store: Store, recorded: DatumRecords, located: dict[str, str | 
         for key, record in zip(keys_, _read_all(store, keys_, lambda k: store.get_record(
                 keys.datum_record(recorded.pipeline, recorded.step, k), DatumRecord))):
             yield record if record.key == key else record.model_copy(update={"key": key})
+
+
+def merge_records(store: Store, recorded: DatumRecords, located: dict[str, str | None],
+                  names_of: dict[str, list[str]], *, path_of: Callable[[str, str], str],
+                  conflict: Callable[[str, str, str], str]) -> tuple[dict[str, dict], dict[str, tuple[str, str]],
+                                                                  list[str]]:
+    """What a collect commits: every datum's outputs in one manifest, which datum (name, key) wrote each path, and
+    the keys of per-datum records read on the way, copied into batches so later collects read a few objects.
+
+    names_of: datum key -> the names of the datums with that key (two with the same content share a record);
+    path_of(name, rel): where a datum's output `rel` lands; conflict(first, second, path): the message when two
+    datums write one path with different content (SystemExit). Records come batch by batch, in no datum order; the
+    merge keeps what a walk in name order kept (the last name names a file several wrote alike), so the commit and
+    provenance do not depend on the order.
+    """
+    merged: dict[str, dict] = {}
+    origin: dict[str, tuple[str, str]] = {}
+    migrated: list[str] = []
+    with RecordWriter(store, recorded.pipeline, recorded.step) as rewrite:
+        for record in load_records(store, recorded, located):
+            if located[record.key] is None:  # a per-datum record: kept in a batch from now on
+                rewrite.add(record)
+                migrated.append(record.key)
+            for name in names_of[record.key]:
+                for rel, entry in record.outputs.items():
+                    path = path_of(name, rel)
+                    seen = merged.get(path)
+                    if seen is not None and seen["sha256"] != entry["sha256"]:
+                        raise SystemExit(conflict(*sorted((origin[path][0], name)), path))
+                    if seen is None or name > origin[path][0]:
+                        merged[path], origin[path] = entry, (name, record.key)
+    return merged, origin, migrated
 
 
 def batch_id(batch: DatumBatch) -> str:

@@ -8,17 +8,14 @@ import sys
 from training_images.datum.inputs import add_step_arguments, load_step
 from trainyard import contract
 from trainyard.datums import (
-    DatumRecords,
-    RecordWriter,
     compact_records,
     datum_keys,
     datum_records,
     has_provenance,
-    load_records,
+    merge_records,
     save_provenance,
 )
 from trainyard.records import Provenance, ProvenanceFile
-from trainyard.store.versioned import Store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     recorded = datum_records(store, args.pipeline, args.step)
     located = recorded.locate(datums_of)
     missing = sorted(datum for key, datums in datums_of.items() if key not in located for datum in datums)
-    merged, origin, migrated = _merge(store, args, recorded, located, datums_of)
+    # --nest: each datum's outputs under a folder named after it
+    nest = (lambda datum: datum.strip("/").replace("/", "_").replace(" ", "") + "/") if args.nest else (lambda _: "")
+    merged, origin, migrated = merge_records(
+        store, recorded, located, datums_of, path_of=lambda datum, rel: nest(datum) + rel,
+        conflict=lambda first, second, path: f"datums {first} and {second} both wrote {path!r} with different "
+                                             "content; each datum must write distinct output paths")
     del located, datums_of
     if missing:
         print(f"{len(missing)} datum(s) have no output: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}",
@@ -66,36 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     contract.write_result({"output": f"{commit.repo}:{commit.id}", "ref": commit.ref, "files": files,
                            "datums": count, "created": created})
     return 0
-
-
-def _merge(store: Store, args: argparse.Namespace, recorded: DatumRecords, located: dict[str, str | None],
-           datums_of: dict[str, list[str]]) -> tuple[dict[str, dict], dict[str, tuple[str, str]], list[str]]:
-    """Every datum's outputs in one manifest, and which datum (and key) wrote each path; per-datum records read on
-    the way are copied into batches (their keys returned), so later collects read a few objects.
-
-    Records come batch by batch, in no datum order; the merge keeps what a walk in datum order kept (the last datum
-    in that order names a file several wrote alike), so the commit and provenance do not depend on the order.
-    """
-    merged: dict[str, dict] = {}
-    origin: dict[str, tuple[str, str]] = {}
-    migrated: list[str] = []
-    with RecordWriter(store, args.pipeline, args.step) as rewrite:
-        for record in load_records(store, recorded, located):
-            if located[record.key] is None:  # a per-datum record: kept in a batch from now on
-                rewrite.add(record)
-                migrated.append(record.key)
-            for datum in datums_of[record.key]:
-                prefix = datum.strip("/").replace("/", "_").replace(" ", "") + "/" if args.nest else ""
-                for rel, entry in record.outputs.items():
-                    path = prefix + rel
-                    seen = merged.get(path)
-                    if seen is not None and seen["sha256"] != entry["sha256"]:
-                        first, second = sorted((origin[path][0], datum))
-                        raise SystemExit(f"datums {first} and {second} both wrote {path!r} with different content; "
-                                         "each datum must write distinct output paths")
-                    if seen is None or datum > origin[path][0]:
-                        merged[path], origin[path] = entry, (datum, record.key)
-    return merged, origin, migrated
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from trainyard.datums import (
     datum_records,
     has_provenance,
     input_datums,
-    load_records,
+    merge_records,
     pfs_datum_id,
     save_provenance,
 )
@@ -565,32 +565,17 @@ def _finish_datum(store: Store, records: RecordWriter, job: Job, datum_id: str, 
 def collect(args: argparse.Namespace) -> int:
     store = contract.store_from_env()
     job = load_job(store, args)
-    merged: dict[str, dict] = {}
-    origin: dict[str, tuple[str, str]] = {}
     labels: dict[str, list[str]] = {}  # datum key -> the labels of the datums with that key
     for datum_id, datum in job.datums.items():
         labels.setdefault(datum_key(datum_id, job.version, {}), []).append(datum_label(datum))
     recorded = datum_records(store, job.dag_id, pps.TRANSFORM_STEP)
     located = recorded.locate(labels)
     missing = sorted(label for key, named in labels.items() if key not in located for label in named)
-    migrated = []
-    # Records come batch by batch, in no datum order; the merge keeps what a walk in label order kept (the last
-    # label names a file that several datums wrote alike), so the commit and provenance do not depend on it.
-    with RecordWriter(store, job.dag_id, pps.TRANSFORM_STEP) as rewrite:
-        for record in load_records(store, recorded, located):
-            if located[record.key] is None:  # a per-datum record: kept in a batch from now on
-                rewrite.add(record)
-                migrated.append(record.key)
-            for label in labels[record.key]:
-                for rel, entry in record.outputs.items():
-                    seen = merged.get(rel)
-                    if seen is not None and seen["sha256"] != entry["sha256"]:
-                        first, second = sorted((origin[rel][0], label))
-                        raise SystemExit(f"datums {first} and {second} both wrote /pfs/out/{rel} with different "
-                                         "content; each datum must write its own paths (e.g. name outputs after the "
-                                         "input file)")
-                    if seen is None or label > origin[rel][0]:
-                        merged[rel], origin[rel] = entry, (label, record.key)
+    merged, origin, migrated = merge_records(
+        store, recorded, located, labels, path_of=lambda label, rel: rel,
+        conflict=lambda first, second, rel: f"datums {first} and {second} both wrote /pfs/out/{rel} with different "
+                                            "content; each datum must write its own paths (e.g. name outputs after "
+                                            "the input file)")
     if missing:
         print(f"{len(missing)} datum(s) have no output record: {'; '.join(missing[:5])}"
               f"{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
