@@ -98,10 +98,6 @@ def tree(node_id: str) -> str:
     return f"{TREES}{node_id[:2]}/{node_id}{JSON}"
 
 
-def tree_id(key: str) -> str:
-    return blob_sha(key).removesuffix(JSON)
-
-
 # -- repos, commits and branches -----------------------------------------------------------------------------------
 def commit(repo: str, commit_id: str) -> str:
     return f"{REPOS}{repo}/commits/{commit_id}{JSON}"
