@@ -341,8 +341,6 @@ def _stop_children(running: dict[tuple[str, int], int]) -> None:
             os.waitpid(pid, 0)
 
 
-
-
 def _fail_run(dr, session) -> None:
     """Mark a run this driver stops (Ctrl-C, SIGTERM) failed, with its unfinished task instances, so it does not
     stay `running` in the metadata DB."""
